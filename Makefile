@@ -1,0 +1,27 @@
+# alignlab — `make help` lists the targets.
+PYTHON ?= python
+PIP ?= $(PYTHON) -m pip
+
+.PHONY: help install test test-slow bench lint clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+install: ## install alignlab (editable) with torch pinned by constraints.txt (CPU wheel here, CUDA on GPU machines)
+	$(PIP) install -c constraints.txt -e ".[dev]"
+	$(PYTHON) -c "import alignlab, open_clip, torch; print('alignlab ready: torch', torch.__version__, '| cuda', torch.cuda.is_available())"
+
+test: ## the default test suite (< 15 min on 2 CPU cores)
+	$(PYTHON) -m pytest -q
+
+test-slow: ## the long tests: learning runs (marked slow)
+	$(PYTHON) -m pytest -q -m slow
+
+bench: ## speed and memory benchmarks (ratios measured side by side)
+	$(PYTHON) -m alignlab.bench
+
+lint: ## static checks
+	$(PYTHON) -m ruff check alignlab tests
+
+clean: ## remove run outputs
+	rm -rf outputs multirun .pytest_cache

@@ -1,0 +1,68 @@
+"""Typed schemas for the config groups (Hydra ConfigStore): a wrong type or an unknown key fails at
+composition with the key's full name, before anything runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class FinetuneConfig:
+    mode: str = "lora"  # lora | full
+    rank: int = 4
+    alpha: Any = None  # float; None = rank (scale 1)
+    init: Any = "gaussian"  # peft init_lora_weights: gaussian | true | ...
+    target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+
+
+@dataclass
+class SamplerConfig:
+    _target_: str = "alignlab.core.sampling.DDIMSampler"
+    num_steps: int = 20
+    guidance_scale: float = 5.0
+    eta: float = 1.0
+    progress: bool = True
+
+
+@dataclass
+class DDPOConfig:
+    _target_: str = "alignlab.methods.ddpo.DDPO"
+    sample_batch_size: int = 8
+    num_batches_per_round: int = 4
+    train_batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    num_inner_epochs: int = 1
+    timestep_fraction: float = 1.0
+    clip_range: float = 1e-4
+    adv_clip_max: float = 5.0
+    max_grad_norm: float = 1.0
+    train_cfg: bool = True
+    per_prompt_stat_tracking: bool = True
+    stat_buffer_size: int = 16
+    stat_min_count: int = 16
+    log_images: int = 16
+
+
+@dataclass
+class RootConfig:
+    seed: int = 0
+    resume: bool = True  # continue from <run dir>/checkpoints/last.ckpt when it exists
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    model: Any = None
+    sampler: Any = None
+    reward: Any = None
+    optimizer: Any = None
+    method: Any = None
+    prompts: Any = None
+    trainer: Any = None
+    logger: Any = None
+
+
+def register_schemas() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="root_schema", node=RootConfig)
+    cs.store(group="schema/sampler", name="ddim", node=SamplerConfig)
+    cs.store(group="schema/method", name="ddpo", node=DDPOConfig)

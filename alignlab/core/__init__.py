@@ -1,0 +1,1 @@
+"""Numerics every method shares: pure PyTorch, no Lightning or Hydra."""

@@ -1,0 +1,81 @@
+"""What every RL method shares: components, seeded rounds, rollouts with rewards, lean checkpoints."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import lightning as L
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from alignlab.core.sampling import Trajectory
+from alignlab.methods.rounds import round_loader
+from alignlab.models import trainable_parameters
+
+
+class RLMethod(L.LightningModule):
+    """A LightningModule whose epochs are RL rounds (manual optimisation).
+
+    Subclasses implement `start_round()` (rollout, rewards, targets -> list of micro-batches),
+    `micro_batches_per_round()` and `training_step()`. Randomness is drawn from generators seeded by
+    (seed, round, rank, stream), so a resumed run replays exactly what an uninterrupted one does.
+    """
+
+    def __init__(self, model, sampler, reward, optimizer, prompts, seed: int = 0, log_images: int = 16):
+        super().__init__()
+        self.automatic_optimization = False
+        self.strict_loading = False  # checkpoints hold the trainable parameters only
+        self.model, self.sampler, self.reward = model, sampler, reward
+        self.optimizer_factory, self.prompts = optimizer, prompts
+        self.seed, self.log_images = seed, log_images
+        self.stats: dict[str, list[float]] = defaultdict(list)
+        self.showcase: dict = {}
+
+    # -- randomness ---------------------------------------------------------------------------
+    def generator(self, stream: int) -> torch.Generator:
+        """A CPU generator for this round, rank and purpose (0 rollout, 1 update order, ...)."""
+        seq = np.random.SeedSequence([self.seed, self.current_epoch, self.global_rank, stream])
+        return torch.Generator().manual_seed(int(seq.generate_state(1, dtype=np.uint64)[0] >> 1))
+
+    # -- rollouts -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def rollout(self, prompts: list[str], batch_size: int, generator: torch.Generator):
+        """Sample, decode and score `prompts` in batches -> (trajectory, rewards, images)."""
+        model = self.model
+        negative = model.encode_prompts([""])
+        parts, rewards, images = [], [], []
+        start = time.perf_counter()
+        for first in tqdm(range(0, len(prompts), batch_size), desc=f"round {self.current_epoch} rollout",
+                          leave=False):
+            chunk = prompts[first : first + batch_size]
+            traj = self.sampler.sample(model.unet, model.scheduler, model.encode_prompts(chunk), negative,
+                                       model.latent_shape(len(chunk)), generator)
+            decoded = model.decode(traj.final)
+            rewards.append(self.reward(decoded, chunk).float().to(self.device))
+            parts.append(traj)
+            images.append(decoded.cpu())
+        self.stats["time_rollout"].append(time.perf_counter() - start)
+        return Trajectory.cat(parts), torch.cat(rewards), torch.cat(images)
+
+    def keep_showcase(self, images: torch.Tensor, prompts: list[str], rewards: torch.Tensor) -> None:
+        n = self.log_images
+        self.showcase = {"images": images[:n], "prompts": prompts[:n], "rewards": rewards[:n].tolist()}
+
+    # -- Lightning plumbing -------------------------------------------------------------------
+    def train_dataloader(self):
+        return round_loader(self)
+
+    def configure_optimizers(self):
+        return self.optimizer_factory(trainable_parameters(self.model))
+
+    def finish_round(self) -> dict[str, float]:
+        """The round's metrics row (means of everything recorded in `self.stats`), then reset."""
+        row = {key: float(np.mean(values)) for key, values in self.stats.items() if values}
+        self.stats = defaultdict(list)
+        return row
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        keep = {name for name, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}

@@ -1,0 +1,133 @@
+"""DDPO (Black et al.): PPO-clip on every denoising step of fresh rollouts (shared/specs/ddpo.md)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from alignlab.core.advantages import PerPromptStatTracker, batch_zscore
+from alignlab.core.ppo import ppo_clip_loss
+from alignlab.errors import ConfigError
+from alignlab.methods.base import RLMethod
+from alignlab.models import trainable_parameters
+
+
+class DDPO(RLMethod):
+    def __init__(
+        self,
+        model,
+        sampler,
+        reward,
+        optimizer,
+        prompts,
+        seed: int = 0,
+        sample_batch_size: int = 8,
+        num_batches_per_round: int = 4,
+        train_batch_size: int = 4,
+        gradient_accumulation_steps: int = 1,
+        num_inner_epochs: int = 1,
+        timestep_fraction: float = 1.0,
+        clip_range: float = 1e-4,
+        adv_clip_max: float = 5.0,
+        max_grad_norm: float = 1.0,
+        train_cfg: bool = True,
+        per_prompt_stat_tracking: bool = True,
+        stat_buffer_size: int = 16,
+        stat_min_count: int = 16,
+        log_images: int = 16,
+    ):
+        super().__init__(model, sampler, reward, optimizer, prompts, seed, log_images)
+        for key, value in [("sample_batch_size", sample_batch_size), ("num_batches_per_round", num_batches_per_round),
+                           ("train_batch_size", train_batch_size), ("num_inner_epochs", num_inner_epochs),
+                           ("gradient_accumulation_steps", gradient_accumulation_steps)]:
+            if value < 1:
+                raise ConfigError(f"method.{key} must be >= 1, got {value}")
+        if not 0 < timestep_fraction <= 1:
+            raise ConfigError(f"method.timestep_fraction must be in (0, 1], got {timestep_fraction}")
+        self.sample_batch_size, self.num_batches_per_round = sample_batch_size, num_batches_per_round
+        self.train_batch_size, self.grad_accum = train_batch_size, gradient_accumulation_steps
+        self.num_inner_epochs, self.timestep_fraction = num_inner_epochs, timestep_fraction
+        self.clip_range, self.adv_clip_max, self.max_grad_norm = clip_range, adv_clip_max, max_grad_norm
+        self.train_guidance = sampler.guidance_scale if train_cfg else 1.0
+        self.tracker = PerPromptStatTracker(stat_buffer_size, stat_min_count) if per_prompt_stat_tracking else None
+        self.buffer: dict = {}
+        self.micro_step = 0
+
+    @property
+    def samples_per_round(self) -> int:
+        return self.sample_batch_size * self.num_batches_per_round
+
+    @property
+    def train_timesteps(self) -> int:
+        return max(1, int(self.sampler.num_steps * self.timestep_fraction))
+
+    def micro_batches_per_round(self) -> int:
+        return self.num_inner_epochs * math.ceil(self.samples_per_round / self.train_batch_size)
+
+    def advantages(self, prompts: list[str], rewards: torch.Tensor) -> torch.Tensor:
+        return self.tracker.update(prompts, rewards) if self.tracker else batch_zscore(rewards)
+
+    def start_round(self) -> list[dict]:
+        prompts = self.prompts.sample(self.samples_per_round, self.generator(0))
+        traj, rewards, images = self.rollout(prompts, self.sample_batch_size, self.generator(2))
+        self.buffer = {"traj": traj, "advantages": self.advantages(prompts, rewards),
+                       "negative": self.model.encode_prompts([""])}
+        self.keep_showcase(images, prompts, rewards)
+        self.stats["reward_mean"].append(rewards.mean().item())
+        self.stats["reward_std"].append(rewards.std(unbiased=False).item())
+        self.stats["samples_per_round"].append(float(len(prompts)))
+        return self.micro_batches(len(prompts), self.generator(1))
+
+    def micro_batches(self, total: int, generator: torch.Generator) -> list[dict]:
+        """Shuffled sample indices, and per sample a random order of the timesteps it trains on."""
+        steps = self.sampler.num_steps
+        batches = []
+        for _ in range(self.num_inner_epochs):
+            order = torch.randperm(total, generator=generator)
+            step_order = torch.stack([torch.randperm(steps, generator=generator) for _ in range(total)])
+            for first in range(0, total, self.train_batch_size):
+                rows = order[first : first + self.train_batch_size]
+                batches.append({"rows": rows, "steps": step_order[rows, : self.train_timesteps]})
+        return batches
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        start = time.perf_counter()
+        traj = self.buffer["traj"].index(batch["rows"])
+        advantages = self.buffer["advantages"][batch["rows"]]
+        scale = 1.0 / (self.grad_accum * batch["steps"].shape[1])
+        for column in batch["steps"].T:
+            log_prob = self.sampler.step_log_prob(self.model.unet, self.model.scheduler, traj, column,
+                                                  self.buffer["negative"], self.train_guidance)
+            rows = torch.arange(len(column), device=column.device)
+            stats = ppo_clip_loss(log_prob, traj.log_probs[rows, column], advantages, self.clip_range,
+                                  self.adv_clip_max)
+            self.manual_backward(stats.loss * scale)
+            for key in ("loss", "approx_kl", "clipfrac"):
+                self.stats[key].append(getattr(stats, key).item())
+        self.micro_step += 1
+        if self.micro_step % self.grad_accum == 0 or batch_idx == self.micro_batches_per_round() - 1:
+            self.optimizer_step()
+        self.stats["time_update"].append(time.perf_counter() - start)
+
+    def optimizer_step(self) -> None:
+        optimizer = self.optimizers()
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is not None:  # fp16 mixed precision: clip the true gradients, not the scaled ones
+            scaler.unscale_(optimizer.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(trainable_parameters(self.model), self.max_grad_norm)
+        self.stats["grad_norm"].append(norm.item())
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["micro_step"] = self.micro_step
+        if self.tracker:
+            checkpoint["stat_tracker"] = self.tracker.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.micro_step = checkpoint.get("micro_step", 0)
+        if self.tracker and "stat_tracker" in checkpoint:
+            self.tracker.load_state_dict(checkpoint["stat_tracker"])

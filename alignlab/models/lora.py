@@ -1,0 +1,65 @@
+"""LoRA on the UNet through peft, the frozen reference, and export a diffusers pipeline can load."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline
+from diffusers.utils import convert_state_dict_to_diffusers
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+
+from alignlab.models.diffusion import DiffusionModel
+
+PAPER_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+def add_lora(
+    model: DiffusionModel,
+    rank: int = 4,
+    alpha: float | None = None,
+    init: str | bool = "gaussian",
+    target_modules: tuple[str, ...] | list[str] = PAPER_TARGETS,
+) -> None:
+    """Freeze the UNet and add a LoRA adapter (fp32, whatever the frozen dtype). alpha defaults to
+    rank (scale 1), which is what the papers' LoRA attention processors computed."""
+    model.unet.requires_grad_(False)
+    config = LoraConfig(
+        r=rank, lora_alpha=rank if alpha is None else alpha, init_lora_weights=init,
+        target_modules=list(target_modules),
+    )
+    model.unet.add_adapter(config)
+    for param in model.unet.parameters():
+        if param.requires_grad:
+            param.data = param.data.float()
+
+
+def trainable_parameters(model: DiffusionModel) -> list[torch.nn.Parameter]:
+    return [p for p in model.unet.parameters() if p.requires_grad]
+
+
+def has_lora(model: DiffusionModel) -> bool:
+    return bool(getattr(model.unet, "_hf_peft_config_loaded", False))
+
+
+@contextmanager
+def frozen_reference(model: DiffusionModel) -> Iterator[None]:
+    """The pre-trained model: the same UNet with its adapters switched off (no weight copy)."""
+    model.unet.disable_adapters()
+    try:
+        yield
+    finally:
+        model.unet.enable_adapters()
+
+
+def save_lora(model: DiffusionModel, directory: str | Path) -> None:
+    """Write `pytorch_lora_weights.safetensors` for `pipeline.load_lora_weights(directory)`."""
+    config = model.unet.peft_config["default"]
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(model.unet))
+    StableDiffusionPipeline.save_lora_weights(
+        str(directory), unet_lora_layers=layers, safe_serialization=True,
+        unet_lora_adapter_metadata=config.to_dict(),
+    )

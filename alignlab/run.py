@@ -1,0 +1,88 @@
+"""The entry point: `python -m alignlab.run [group=option ...] [key=value ...]` (Hydra; -m for sweeps).
+
+Composes conf/, builds model, sampler, reward, optimizer, prompts and method, and runs the method's
+rounds with a Lightning Trainer that writes the run directory (architecture.md's contract).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+import alignlab  # noqa: F401  (repairs the torchvision import before anything imports it)
+from alignlab.config import register_schemas
+from alignlab.errors import AlignlabError, ConfigError
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+log = logging.getLogger("alignlab")
+register_schemas()
+
+
+def build(cfg: DictConfig, run_dir: Path):
+    """Instantiate every component; all validation happens here, before anything is written."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from alignlab.models import add_lora
+    from alignlab.training.callbacks import ExportWeights, RoundRecorder
+
+    model = instantiate(cfg.model)
+    tune = cfg.finetune
+    if tune.mode == "lora":
+        add_lora(model, tune.rank, tune.alpha, tune.init, list(tune.target_modules))
+    elif tune.mode == "full":
+        model.unet.requires_grad_(True)
+    else:
+        raise ConfigError(f"finetune.mode must be lora or full, got {tune.mode!r}")
+    method = instantiate(
+        cfg.method, model=model, sampler=instantiate(cfg.sampler), reward=instantiate(cfg.reward),
+        optimizer=instantiate(cfg.optimizer), prompts=instantiate(cfg.prompts), seed=cfg.seed,
+    )
+    callbacks = [
+        RoundRecorder(run_dir),
+        ExportWeights(run_dir),
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="round-{epoch:04d}", save_last=True,
+                        save_top_k=1, every_n_epochs=1),
+    ]
+    trainer = instantiate(cfg.trainer, default_root_dir=str(run_dir), logger=instantiate(cfg.logger),
+                          callbacks=callbacks)
+    return method, trainer
+
+
+def train(cfg: DictConfig) -> float:
+    """Run (or resume) the configured method; returns the last round's mean reward (for sweepers)."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    method, trainer = build(cfg, run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = str(last) if cfg.resume and last.exists() else None
+    if ckpt_path:
+        log.info("resuming from %s", ckpt_path)
+    trainer.fit(method, ckpt_path=ckpt_path)
+    return float(trainer.callback_metrics.get("reward_mean", float("nan")))
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    while error.__cause__ is not None and not isinstance(error, AlignlabError):
+        error = error.__cause__
+    return error
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def main(cfg: DictConfig) -> float:
+    try:
+        return train(cfg)
+    except (AlignlabError, InstantiationException) as error:
+        cause = _root_cause(error)
+        message = str(cause) if isinstance(cause, AlignlabError) else str(error).splitlines()[0]
+        print(f"alignlab: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Lightning glue shared by every method: callbacks writing the run directory, loggers, trainer."""

@@ -1,0 +1,72 @@
+"""Pictures for people: captioned sample grids and alignment-curve plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+CELL = 128  # small images are upscaled (nearest) so a 32 px sample is visible
+
+
+def sample_grid(images: torch.Tensor, captions: list[str], columns: int = 4) -> Image.Image:
+    """Images (N, 3, H, W) in [0, 1] in a grid, each with its caption underneath."""
+    n = len(images)
+    columns = min(columns, n)
+    rows = -(-n // columns)
+    side = max(CELL, images.shape[-1])
+    caption_h = 28
+    grid = Image.new("RGB", (columns * side, rows * (side + caption_h)), "white")
+    draw = ImageDraw.Draw(grid)
+    for i, (image, caption) in enumerate(zip(images, captions)):
+        array = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+        tile = Image.fromarray(array).resize((side, side), Image.NEAREST)
+        x, y = (i % columns) * side, (i // columns) * (side + caption_h)
+        grid.paste(tile, (x, y))
+        for line_no, line in enumerate(_wrap(caption, side // 6)[:2]):
+            draw.text((x + 2, y + side + 2 + 12 * line_no), line, fill="black")
+    return grid
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return lines + [line] if line else lines
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_curves(rows: list[dict], path: Path) -> None:
+    """Reward (mean ± std) and every `eval/...` metric against the round."""
+    rounds = [r["round"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    mean = torch.tensor([r["reward_mean"] for r in rows])
+    std = torch.tensor([r.get("reward_std", 0.0) for r in rows])
+    ax.plot(rounds, mean, marker="o", label="train reward")
+    ax.fill_between(rounds, mean - std, mean + std, alpha=0.2)
+    for key in sorted({k for r in rows for k in r if k.startswith("eval/")}):
+        points = [(r["round"], r[key]) for r in rows if key in r]
+        ax.plot(*zip(*points), marker="s", label=key)
+    ax.set_xlabel("round")
+    ax.set_ylabel("reward")
+    ax.set_title("alignment curve")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,70 @@
+"""Callbacks that fill the run directory (shared/specs/architecture.md: the run-directory contract)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.loggers import WandbLogger
+
+from alignlab.models import save_lora
+from alignlab.models.lora import has_lora
+from alignlab.training.artifacts import plot_curves, read_metrics, sample_grid
+
+
+class RoundRecorder(L.Callback):
+    """After each round: a metrics.jsonl row, the loggers, samples/round_NNNN.png, plots/alignment.png."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # A resumed run replays the rounds after its checkpoint: drop rows it will write again.
+        rows = [r for r in read_metrics(self.metrics_path) if r["round"] < trainer.current_epoch]
+        if self.metrics_path.exists():
+            self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+                logger.experiment.define_metric("round")
+                logger.experiment.define_metric("*", step_metric="round")
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        round_no = trainer.current_epoch
+        row = {"round": round_no, **pl_module.finish_round()}
+        if not trainer.is_global_zero:
+            return
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        for logger in trainer.loggers:
+            logger.log_metrics(row, step=round_no)
+        self._save_pictures(trainer, pl_module.showcase, round_no)
+
+    def _save_pictures(self, trainer, showcase: dict, round_no: int) -> None:
+        (self.run_dir / "plots").mkdir(exist_ok=True)
+        plot_curves(read_metrics(self.metrics_path), self.run_dir / "plots" / "alignment.png")
+        if not showcase:
+            return
+        captions = [f"{p} | {r:.3g}" for p, r in zip(showcase["prompts"], showcase["rewards"])]
+        grid = sample_grid(showcase["images"], captions)
+        (self.run_dir / "samples").mkdir(exist_ok=True)
+        grid.save(self.run_dir / "samples" / f"round_{round_no:04d}.png")
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image("samples", [grid], step=round_no, caption=[f"round {round_no}"])
+
+
+class ExportWeights(L.Callback):
+    """After each round: lora/ (diffusers `load_lora_weights` format) or unet/ for full fine-tuning."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        if has_lora(pl_module.model):
+            save_lora(pl_module.model, self.run_dir / "lora")
+        else:
+            pl_module.model.unet.save_pretrained(self.run_dir / "unet")

@@ -1,0 +1,30 @@
+"""Shared fixtures: tiny random-weight SD look-alikes (built once per session)."""
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+import alignlab  # noqa: E402,F401  (torchvision repair first)
+from alignlab.models import build_tiny  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """Frozen tiny model: tests must not modify it (use `fresh_tiny` to train)."""
+    torch.manual_seed(0)
+    return build_tiny()
+
+
+@pytest.fixture
+def fresh_tiny():
+    return build_tiny()
+
+
+@pytest.fixture(scope="session")
+def embeds(tiny_model):
+    prompts = ["a red circle", "two blue squares", "a cat", "a dog"]
+    return prompts, tiny_model.encode_prompts(prompts), tiny_model.encode_prompts([""])
