@@ -27,11 +27,13 @@ register_schemas()
 
 def build(cfg: DictConfig, run_dir: Path):
     """Instantiate every component; all validation happens here, before anything is written."""
+    import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from alignlab.models import add_lora
     from alignlab.training.callbacks import ExportWeights, RoundRecorder
 
+    L.seed_everything(cfg.seed, verbose=False)  # LoRA init; rollouts use their own per-round generators
     model = instantiate(cfg.model)
     tune = cfg.finetune
     if tune.mode == "lora":

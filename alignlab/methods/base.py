@@ -21,6 +21,8 @@ class RLMethod(L.LightningModule):
     Subclasses implement `start_round()` (rollout, rewards, targets -> list of micro-batches),
     `micro_batches_per_round()` and `training_step()`. Randomness is drawn from generators seeded by
     (seed, round, rank, stream), so a resumed run replays exactly what an uninterrupted one does.
+    `round_index` (rounds completed) is our own checkpointed counter: Lightning's `current_epoch` is
+    not yet restored when a resumed run's first round starts.
     """
 
     def __init__(self, model, sampler, reward, optimizer, prompts, seed: int = 0, log_images: int = 16):
@@ -32,11 +34,12 @@ class RLMethod(L.LightningModule):
         self.seed, self.log_images = seed, log_images
         self.stats: dict[str, list[float]] = defaultdict(list)
         self.showcase: dict = {}
+        self.round_index = 0
 
     # -- randomness ---------------------------------------------------------------------------
     def generator(self, stream: int) -> torch.Generator:
         """A CPU generator for this round, rank and purpose (0 rollout, 1 update order, ...)."""
-        seq = np.random.SeedSequence([self.seed, self.current_epoch, self.global_rank, stream])
+        seq = np.random.SeedSequence([self.seed, self.round_index, self.global_rank, stream])
         return torch.Generator().manual_seed(int(seq.generate_state(1, dtype=np.uint64)[0] >> 1))
 
     # -- rollouts -----------------------------------------------------------------------------
@@ -47,7 +50,7 @@ class RLMethod(L.LightningModule):
         negative = model.encode_prompts([""])
         parts, rewards, images = [], [], []
         start = time.perf_counter()
-        for first in tqdm(range(0, len(prompts), batch_size), desc=f"round {self.current_epoch} rollout",
+        for first in tqdm(range(0, len(prompts), batch_size), desc=f"round {self.round_index} rollout",
                           leave=False):
             chunk = prompts[first : first + batch_size]
             traj = self.sampler.sample(model.unet, model.scheduler, model.encode_prompts(chunk), negative,
@@ -71,11 +74,17 @@ class RLMethod(L.LightningModule):
         return self.optimizer_factory(trainable_parameters(self.model))
 
     def finish_round(self) -> dict[str, float]:
-        """The round's metrics row (means of everything recorded in `self.stats`), then reset."""
-        row = {key: float(np.mean(values)) for key, values in self.stats.items() if values}
+        """The round's metrics row (means of everything recorded in `self.stats`); starts the next round."""
+        row = {"round": self.round_index}
+        row.update({key: float(np.mean(values)) for key, values in self.stats.items() if values})
         self.stats = defaultdict(list)
+        self.round_index += 1
         return row
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         keep = {name for name, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["round_index"] = self.round_index
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.round_index = checkpoint["round_index"]

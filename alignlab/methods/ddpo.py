@@ -128,6 +128,7 @@ class DDPO(RLMethod):
             checkpoint["stat_tracker"] = self.tracker.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         self.micro_step = checkpoint.get("micro_step", 0)
         if self.tracker and "stat_tracker" in checkpoint:
             self.tracker.load_state_dict(checkpoint["stat_tracker"])

@@ -21,8 +21,9 @@ class RoundRecorder(L.Callback):
         self.metrics_path = self.run_dir / "metrics.jsonl"
 
     def on_train_start(self, trainer, pl_module) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         # A resumed run replays the rounds after its checkpoint: drop rows it will write again.
-        rows = [r for r in read_metrics(self.metrics_path) if r["round"] < trainer.current_epoch]
+        rows = [r for r in read_metrics(self.metrics_path) if r["round"] < pl_module.round_index]
         if self.metrics_path.exists():
             self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         for logger in trainer.loggers:
@@ -31,8 +32,8 @@ class RoundRecorder(L.Callback):
                 logger.experiment.define_metric("*", step_metric="round")
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        round_no = trainer.current_epoch
-        row = {"round": round_no, **pl_module.finish_round()}
+        row = pl_module.finish_round()
+        round_no = row["round"]
         if not trainer.is_global_zero:
             return
         with self.metrics_path.open("a") as f:

@@ -1,0 +1,82 @@
+"""Every config option and experiment preset composes and instantiates (or fails as it should)."""
+
+from pathlib import Path
+
+import huggingface_hub.constants
+import pytest
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+
+from alignlab.errors import WeightsNotFoundError
+from alignlab.methods.base import RLMethod
+from alignlab.run import CONF_DIR, build
+from tests.hydra_app import compose_config
+
+GROUPS = ["model", "sampler", "reward", "optimizer", "method", "prompts", "trainer", "logger"]
+PRETRAINED = {"sd14", "sd15", "sd21base"}
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+
+
+@pytest.fixture
+def prompt_file(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("a cat\na dog\n")
+    return path
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_composes_and_instantiates(group, option, tmp_path, offline, prompt_file):
+    extra = [f"prompts.path={prompt_file}"] if (group, option) == ("prompts", "file") else []
+    cfg = compose_config(tmp_path, [f"{group}={option}", *extra])
+    node = cfg[group]
+    if group == "method":
+        method, trainer = build(cfg, tmp_path)
+        assert isinstance(method, RLMethod) and trainer.max_epochs == cfg.trainer.max_epochs
+        return
+    if group == "model" and option in PRETRAINED:
+        with pytest.raises(InstantiationException) as info:
+            instantiate(node)
+        assert isinstance(info.value.__cause__, WeightsNotFoundError)
+        assert "model.pretrained=" in str(info.value.__cause__)
+        return
+    obj = instantiate(node)
+    assert obj is not None
+
+
+@pytest.mark.parametrize("preset", options("experiment"))
+def test_experiment_presets_compose(preset, tmp_path, offline):
+    cfg = compose_config(tmp_path, [f"experiment={preset}"])
+    for group in ("sampler", "reward", "optimizer", "prompts"):
+        assert instantiate(cfg[group]) is not None
+    if cfg.model._target_.endswith("load_pretrained"):
+        with pytest.raises(InstantiationException) as info:
+            instantiate(cfg.model)
+        assert isinstance(info.value.__cause__, WeightsNotFoundError)
+
+
+def test_ddpo_paper_preset_has_the_papers_settings(tmp_path):
+    cfg = compose_config(tmp_path, ["experiment=ddpo_paper"])
+    assert cfg.sampler.num_steps == 50 and cfg.sampler.eta == 1.0 and cfg.sampler.guidance_scale == 5.0
+    assert cfg.method.clip_range == 1e-4 and cfg.method.adv_clip_max == 5.0
+    assert cfg.method.sample_batch_size * cfg.method.num_batches_per_round == 256
+    assert cfg.optimizer.lr == 3e-4 and cfg.finetune.rank == 4
+    assert cfg.model.pretrained == "runwayml/stable-diffusion-v1-5"
+
+
+def test_schema_rejects_wrong_types_and_unknown_keys(tmp_path):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="sampler.num_steps"):
+        compose_config(tmp_path, ["sampler.num_steps=many"])
+    with pytest.raises(ConfigCompositionException, match="no_such_key"):
+        compose_config(tmp_path, ["method.no_such_key=1"])
