@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 import alignlab  # noqa: F401  (repairs the torchvision import before anything imports it)
 from alignlab.config import register_schemas
@@ -69,6 +70,36 @@ def train(cfg: DictConfig) -> float:
     return float(trainer.callback_metrics.get("reward_mean", float("nan")))
 
 
+def one_line(message: str) -> str:
+    """Hydra's multi-line composition messages as one line (search paths and types left out)."""
+    keep = []
+    for line in message.splitlines():
+        line = line.strip()
+        if line.startswith("Config search path"):
+            break
+        if line and not line.startswith(("object_type", "provider=")):
+            keep.append(line.rstrip(":") + (":" if line.endswith(":") else ""))
+    return " ".join(keep).replace(": ", ": ", 1)
+
+
+def check_composition(argv: list[str]) -> None:
+    """Compose a single run's config before Hydra does, so a bad override gets one line and exit 2.
+
+    Sweeps (-m) and Hydra's own flags are left to Hydra."""
+    if any(arg.startswith("-") for arg in argv):
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            compose("config", overrides=argv)
+    except HydraException as error:
+        details = [str(error)] + ([str(error.__cause__)] if error.__cause__ else [])
+        print(f"alignlab: error: {one_line(chr(10).join(details))}", file=sys.stderr)
+        sys.exit(2)
+
+
 def _root_cause(error: BaseException) -> BaseException:
     while error.__cause__ is not None and not isinstance(error, AlignlabError):
         error = error.__cause__
@@ -79,7 +110,7 @@ def _root_cause(error: BaseException) -> BaseException:
 def main(cfg: DictConfig) -> float:
     try:
         return train(cfg)
-    except (AlignlabError, InstantiationException) as error:
+    except (AlignlabError, InstantiationException, OmegaConfBaseException) as error:
         cause = _root_cause(error)
         message = str(cause) if isinstance(cause, AlignlabError) else str(error).splitlines()[0]
         print(f"alignlab: error: {message}", file=sys.stderr)
@@ -87,4 +118,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    check_composition(sys.argv[1:])
     main()

@@ -76,6 +76,11 @@ BAD_INPUTS = [
     (["method.no_such_key=1"], "no_such_key"),
     (["prompts.train=[]"], "no train prompts"),
     (["model=sd15", "model.pretrained=/no/such/weights"], "model.pretrained="),
+    (["prompts=file"], "prompts.path"),
+    (["prompts=file", "prompts.path=/no/such/prompts.txt"], "no such file"),
+    (["no_such_top_level_key=3"], "no_such_top_level_key"),
+    (["finetune.mode=partial"], "finetune.mode"),
+    (["sampler.eta=0"], "sampler.eta"),
 ]
 
 
@@ -86,8 +91,9 @@ def test_bad_input_is_one_clear_line_and_keeps_the_run(overrides, expected, tmp_
     (run_dir / "metrics.jsonl").write_text('{"round": 0, "reward_mean": 1.0}\n')
     (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"earlier work")
     result = cli(*overrides, f"hydra.run.dir={run_dir}", "logger=none", cwd=tmp_path)
-    assert result.returncode != 0
-    assert expected in result.stderr
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("alignlab: error:")]
+    assert len(errors) == 1 and expected in errors[0], result.stderr
     assert "Traceback" not in result.stderr
     assert (run_dir / "metrics.jsonl").read_text() == '{"round": 0, "reward_mean": 1.0}\n'
     assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == b"earlier work"

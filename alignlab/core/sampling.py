@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from alignlab.core.ddim import ddim_step
+from alignlab.errors import ConfigError
 
 
 @dataclass
@@ -57,9 +58,9 @@ class DDIMSampler:
 
     def __init__(self, num_steps: int = 20, guidance_scale: float = 5.0, eta: float = 1.0, progress: bool = True):
         if num_steps < 1:
-            raise ValueError(f"sampler.num_steps must be >= 1, got {num_steps}")
+            raise ConfigError(f"sampler.num_steps must be >= 1, got {num_steps}")
         if eta <= 0:
-            raise ValueError(f"sampler.eta must be > 0 for log-probabilities, got {eta}")
+            raise ConfigError(f"sampler.eta must be > 0 for log-probabilities, got {eta}")
         self.num_steps = num_steps
         self.guidance_scale = guidance_scale
         self.eta = eta
