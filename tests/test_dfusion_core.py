@@ -1,0 +1,120 @@
+"""D-Fusion's building blocks: pairing by rank, DPO losses, and K/V fusion at the attention level."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention
+
+from alignlab.core.dpo import diffusion_dpo_loss, trajectory_dpo_loss
+from alignlab.core.fusion import KVFusion, self_attention_layers
+from alignlab.core.pairs import best_worst_pairs, dfusion_pairs
+from alignlab.errors import ConfigError
+
+
+def test_dfusion_pairs_by_rank():
+    rewards = torch.tensor([0.5, 0.9, 0.1, 0.7, 0.3, 0.8, 0.2, 0.4])  # ranks: 1 5 3 0 7 4 6 2
+    references, bases = dfusion_pairs(rewards)
+    assert references.tolist() == [1, 1, 5, 5]  # top n/4 = {0.9, 0.8}, each twice
+    assert bases.tolist() == [7, 4, 6, 2]  # bottom n/2, best first: 0.4 0.3 0.2 0.1 (0.7, 0.5 dropped)
+    with pytest.raises(ConfigError, match="multiple of 4"):
+        dfusion_pairs(torch.rand(6))
+
+
+def test_best_worst_pairs():
+    winners, losers = best_worst_pairs(torch.tensor([0.2, 0.9, 0.5, 0.1]))
+    assert winners.tolist() == [1, 2] and losers.tolist() == [3, 0]
+
+
+def test_trajectory_dpo_is_log2_at_the_reference_and_learns():
+    logp = torch.randn(5)
+    stats = trajectory_dpo_loss(logp, logp, logp + 1, logp + 1, beta=0.1)
+    assert stats.loss.item() == pytest.approx(math.log(2))
+    # the gradient raises the winner's log-ratio and lowers the loser's
+    win, lose = torch.zeros(3, requires_grad=True), torch.zeros(3, requires_grad=True)
+    trajectory_dpo_loss(win, torch.zeros(3), lose, torch.zeros(3), beta=1.0).loss.backward()
+    assert (win.grad < 0).all() and (lose.grad > 0).all()
+
+
+def test_trajectory_dpo_clips_each_log_ratio():
+    stats = trajectory_dpo_loss(torch.tensor([5.0]), torch.zeros(1), torch.tensor([-5.0]), torch.zeros(1),
+                                beta=1.0, clip_eps=0.1)
+    margin = math.log(1.1) - math.log(0.9)
+    assert stats.loss.item() == pytest.approx(-math.log(1 / (1 + math.exp(-margin))), rel=1e-6)
+    assert stats.accuracy.item() == 1.0 and stats.margin.item() == pytest.approx(margin, rel=1e-6)
+
+
+def test_diffusion_dpo_by_hand():
+    ew, el, rw, rl = torch.tensor([0.2, 0.7]), torch.tensor([0.3, 0.4]), torch.tensor([0.25, 0.5]), torch.tensor([0.3, 0.3])
+    beta = 10.0
+    stats = diffusion_dpo_loss(ew, el, rw, rl, beta)
+    inside = [-0.5 * beta * ((0.2 - 0.25) - (0.3 - 0.3)), -0.5 * beta * ((0.7 - 0.5) - (0.4 - 0.3))]
+    expected = sum(math.log(1 + math.exp(-x)) for x in inside) / 2
+    assert stats.loss.item() == pytest.approx(expected, rel=1e-6)
+    assert stats.accuracy.item() == 0.5
+
+
+def _attention(seed=0):
+    torch.manual_seed(seed)
+    return Attention(query_dim=16, heads=2, dim_head=8)
+
+
+def test_fusion_with_all_zero_mask_leaves_the_target_unchanged():
+    attn = _attention()
+    fusion = KVFusion({"attn": attn})
+    ref, tgt = torch.randn(2, 16, 16), torch.randn(2, 16, 16)
+    with torch.no_grad():
+        plain = attn(tgt)
+        with fusion.recording():
+            attn(ref)
+        with fusion.blending(torch.zeros(1, 4, 4)):
+            fused = attn(tgt)
+    assert torch.equal(fused, plain)
+
+
+def test_fusion_with_all_one_mask_attends_over_reference_keys_and_values():
+    attn = _attention()
+    fusion = KVFusion({"attn": attn})
+    ref, tgt = torch.randn(2, 16, 16), torch.randn(2, 16, 16)
+    with torch.no_grad():
+        with fusion.recording():
+            attn(ref)
+        with fusion.blending(torch.ones(1, 4, 4)):
+            fused = attn(tgt)
+        # by hand: the target's queries over the reference's keys and values
+        q = attn.to_q(tgt).view(2, 16, 2, 8).transpose(1, 2)
+        k = attn.to_k(ref).view(2, 16, 2, 8).transpose(1, 2)
+        v = attn.to_v(ref).view(2, 16, 2, 8).transpose(1, 2)
+        out = F.softmax(q @ k.transpose(-1, -2) / math.sqrt(8), dim=-1) @ v
+        expected = attn.to_out[0](out.transpose(1, 2).reshape(2, 16, 16))
+    torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fusion_mask_selects_key_positions():
+    """A half mask blends exactly the masked key positions (nearest-resized to the layer's grid)."""
+    attn = _attention()
+    fusion = KVFusion({"attn": attn})
+    ref, tgt = torch.randn(1, 16, 16), torch.randn(1, 16, 16)
+    mask = torch.zeros(1, 2, 2)
+    mask[0, 0] = 1  # top half of a 2x2 map -> top two rows of the 4x4 token grid
+    captured = {}
+    handle = attn.to_k.register_forward_hook(lambda m, a, o: captured.setdefault("k", o))
+    with torch.no_grad():
+        with fusion.recording():
+            attn(ref)
+        with fusion.blending(mask):
+            attn(tgt)
+    handle.remove()
+    # the hook registered first sees the raw target keys; fusion hooks run after it
+    k_ref, k_tgt = attn.to_k(ref), attn.to_k(tgt)
+    blended = torch.cat([k_ref[:, :8], k_tgt[:, 8:]], dim=1)
+    with torch.no_grad(), fusion.blending(mask):
+        assert torch.equal(attn.to_k(tgt), blended)
+
+
+def test_fused_layers_are_mid_and_up_self_attention(tiny_model):
+    names = sorted(self_attention_layers(tiny_model.unet))
+    assert names and all(n.endswith("attn1") and n.split(".")[0] in ("mid_block", "up_blocks") for n in names)
+    assert len(names) == sum(1 for n, _ in tiny_model.unet.named_modules()
+                             if n.endswith("attn1") and not n.startswith("down_blocks"))
