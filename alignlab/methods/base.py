@@ -25,7 +25,8 @@ class RLMethod(L.LightningModule):
     not yet restored when a resumed run's first round starts.
     """
 
-    def __init__(self, model, sampler, reward, optimizer, prompts, seed: int = 0, log_images: int = 16):
+    def __init__(self, model, sampler, reward, optimizer, prompts, seed: int = 0, log_images: int = 16,
+                 gradient_accumulation_steps: int = 1, max_grad_norm: float = 1.0):
         super().__init__()
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints hold the trainable parameters only
@@ -35,6 +36,8 @@ class RLMethod(L.LightningModule):
         self.stats: dict[str, list[float]] = defaultdict(list)
         self.showcase: dict = {}
         self.round_index = 0
+        self.grad_accum, self.max_grad_norm = gradient_accumulation_steps, max_grad_norm
+        self.micro_step = 0
 
     # -- randomness ---------------------------------------------------------------------------
     def generator(self, stream: int) -> torch.Generator:
@@ -53,8 +56,7 @@ class RLMethod(L.LightningModule):
         for first in tqdm(range(0, len(prompts), batch_size), desc=f"round {self.round_index} rollout",
                           leave=False):
             chunk = prompts[first : first + batch_size]
-            traj = self.sampler.sample(model.unet, model.scheduler, model.encode_prompts(chunk), negative,
-                                       model.latent_shape(len(chunk)), generator)
+            traj = self.sample_batch(chunk, negative, generator)
             decoded = model.decode(traj.final)
             rewards.append(self.reward(decoded, chunk).float().to(self.device))
             parts.append(traj)
@@ -62,9 +64,32 @@ class RLMethod(L.LightningModule):
         self.stats["time_rollout"].append(time.perf_counter() - start)
         return Trajectory.cat(parts), torch.cat(rewards), torch.cat(images)
 
+    def sample_batch(self, prompts: list[str], negative: torch.Tensor, generator: torch.Generator) -> Trajectory:
+        """One batch of rollouts, one row per prompt (B²-DiffuRL overrides it to branch shared prefixes)."""
+        model = self.model
+        return self.sampler.sample(model.unet, model.scheduler, model.encode_prompts(prompts), negative,
+                                   model.latent_shape(len(prompts)), generator)
+
     def keep_showcase(self, images: torch.Tensor, prompts: list[str], rewards: torch.Tensor) -> None:
         n = self.log_images
         self.showcase = {"images": images[:n], "prompts": prompts[:n], "rewards": rewards[:n].tolist()}
+
+    # -- updates ------------------------------------------------------------------------------
+    def after_micro_batch(self, batch_idx: int) -> None:
+        """Step the optimizer every `gradient_accumulation_steps` micro-batches and at the round's end."""
+        self.micro_step += 1
+        if self.micro_step % self.grad_accum == 0 or batch_idx == self.micro_batches_per_round() - 1:
+            self.optimizer_step()
+
+    def optimizer_step(self) -> None:
+        optimizer = self.optimizers()
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is not None:  # fp16 mixed precision: clip the true gradients, not the scaled ones
+            scaler.unscale_(optimizer.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(trainable_parameters(self.model), self.max_grad_norm)
+        self.stats["grad_norm"].append(norm.item())
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
     # -- Lightning plumbing -------------------------------------------------------------------
     def train_dataloader(self):
@@ -85,6 +110,8 @@ class RLMethod(L.LightningModule):
         keep = {name for name, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint["round_index"] = self.round_index
+        checkpoint["micro_step"] = self.micro_step
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.round_index = checkpoint["round_index"]
+        self.micro_step = checkpoint["micro_step"]

@@ -11,7 +11,6 @@ from alignlab.core.advantages import PerPromptStatTracker, batch_zscore
 from alignlab.core.ppo import ppo_clip_loss
 from alignlab.errors import ConfigError
 from alignlab.methods.base import RLMethod
-from alignlab.models import trainable_parameters
 
 
 class DDPO(RLMethod):
@@ -38,7 +37,8 @@ class DDPO(RLMethod):
         stat_min_count: int = 16,
         log_images: int = 16,
     ):
-        super().__init__(model, sampler, reward, optimizer, prompts, seed, log_images)
+        super().__init__(model, sampler, reward, optimizer, prompts, seed, log_images,
+                         gradient_accumulation_steps, max_grad_norm)
         for key, value in [("sample_batch_size", sample_batch_size), ("num_batches_per_round", num_batches_per_round),
                            ("train_batch_size", train_batch_size), ("num_inner_epochs", num_inner_epochs),
                            ("gradient_accumulation_steps", gradient_accumulation_steps)]:
@@ -47,13 +47,12 @@ class DDPO(RLMethod):
         if not 0 < timestep_fraction <= 1:
             raise ConfigError(f"method.timestep_fraction must be in (0, 1], got {timestep_fraction}")
         self.sample_batch_size, self.num_batches_per_round = sample_batch_size, num_batches_per_round
-        self.train_batch_size, self.grad_accum = train_batch_size, gradient_accumulation_steps
+        self.train_batch_size = train_batch_size
         self.num_inner_epochs, self.timestep_fraction = num_inner_epochs, timestep_fraction
-        self.clip_range, self.adv_clip_max, self.max_grad_norm = clip_range, adv_clip_max, max_grad_norm
+        self.clip_range, self.adv_clip_max = clip_range, adv_clip_max
         self.train_guidance = sampler.guidance_scale if train_cfg else 1.0
         self.tracker = PerPromptStatTracker(stat_buffer_size, stat_min_count) if per_prompt_stat_tracking else None
         self.buffer: dict = {}
-        self.micro_step = 0
 
     @property
     def samples_per_round(self) -> int:
@@ -106,29 +105,15 @@ class DDPO(RLMethod):
             self.manual_backward(stats.loss * scale)
             for key in ("loss", "approx_kl", "clipfrac"):
                 self.stats[key].append(getattr(stats, key).item())
-        self.micro_step += 1
-        if self.micro_step % self.grad_accum == 0 or batch_idx == self.micro_batches_per_round() - 1:
-            self.optimizer_step()
+        self.after_micro_batch(batch_idx)
         self.stats["time_update"].append(time.perf_counter() - start)
-
-    def optimizer_step(self) -> None:
-        optimizer = self.optimizers()
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-        if scaler is not None:  # fp16 mixed precision: clip the true gradients, not the scaled ones
-            scaler.unscale_(optimizer.optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(trainable_parameters(self.model), self.max_grad_norm)
-        self.stats["grad_norm"].append(norm.item())
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["micro_step"] = self.micro_step
         if self.tracker:
             checkpoint["stat_tracker"] = self.tracker.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
-        self.micro_step = checkpoint.get("micro_step", 0)
         if self.tracker and "stat_tracker" in checkpoint:
             self.tracker.load_state_dict(checkpoint["stat_tracker"])
