@@ -38,6 +38,18 @@ class Trajectory:
         return Trajectory(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Trajectory)})
 
 
+def draw_noise(shape, generator: torch.Generator | list[torch.Generator], device) -> torch.Tensor:
+    """Standard normal noise from one CPU generator, or one generator per row (so any row's initial and
+    per-step noise can be replayed on its own, as D-Fusion's targets replay their base's)."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+        noise = torch.stack([torch.randn(shape[1:], generator=g, dtype=torch.float32) for g in generator])
+    else:
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+    return noise.to(device)
+
+
 def guided_noise(unet, latents, timestep, prompt_embeds, negative_embeds, guidance_scale: float):
     """ε̂ = ε_u + w (ε_c − ε_u) with ONE batched UNet call on [uncond; cond] (the three papers' CFG)."""
     timestep = torch.as_tensor(timestep, device=latents.device)
@@ -91,7 +103,7 @@ class DDIMSampler:
         chain, logps = [latents], []
         for j in tqdm(range(start, end), desc="sampling", leave=False, disable=not self.progress):
             eps = guided_noise(unet, chain[-1], grid[j], prompt_embeds, negative_embeds, self.guidance_scale)
-            noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(device)
+            noise = draw_noise(latents.shape, generator, device)
             result = ddim_step(scheduler, eps, grid[j], prev_grid[j], chain[-1], self.eta, noise=noise)
             chain.append(result.prev_sample)
             logps.append(result.log_prob)
@@ -109,7 +121,7 @@ class DDIMSampler:
         """A full rollout from fresh Gaussian noise, drawn from `generator` (on the CPU, so seeds match
         across devices and a diffusers pipeline given the same generator draws the same numbers)."""
         device = prompt_embeds.device
-        latents = torch.randn(latent_shape, generator=generator, dtype=torch.float32).to(device)
+        latents = draw_noise(latent_shape, generator, device)
         latents = latents * scheduler.init_noise_sigma
         return self.denoise(unet, scheduler, latents, prompt_embeds, negative_embeds, generator)
 

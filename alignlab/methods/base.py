@@ -40,15 +40,18 @@ class RLMethod(L.LightningModule):
         self.micro_step = 0
 
     # -- randomness ---------------------------------------------------------------------------
-    def generator(self, stream: int) -> torch.Generator:
-        """A CPU generator for this round, rank and purpose (0 rollout, 1 update order, ...)."""
-        seq = np.random.SeedSequence([self.seed, self.round_index, self.global_rank, stream])
+    def generator(self, stream: int, row: int | None = None) -> torch.Generator:
+        """A CPU generator for this round, rank and purpose (0 prompts, 1 update order, 2 noise, ...),
+        optionally for one sample row of the round."""
+        key = [self.seed, self.round_index, self.global_rank, stream] + ([row] if row is not None else [])
+        seq = np.random.SeedSequence(key)
         return torch.Generator().manual_seed(int(seq.generate_state(1, dtype=np.uint64)[0] >> 1))
 
     # -- rollouts -----------------------------------------------------------------------------
     @torch.no_grad()
-    def rollout(self, prompts: list[str], batch_size: int, generator: torch.Generator):
-        """Sample, decode and score `prompts` in batches -> (trajectory, rewards, images)."""
+    def rollout(self, prompts: list[str], batch_size: int, generator: torch.Generator | list[torch.Generator]):
+        """Sample, decode and score `prompts` in batches -> (trajectory, rewards, images).
+        `generator` is one generator, or one per prompt (replayable rows)."""
         model = self.model
         negative = model.encode_prompts([""])
         parts, rewards, images = [], [], []
