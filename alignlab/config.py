@@ -4,7 +4,7 @@ composition with the key's full name, before anything runs."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -47,6 +47,50 @@ class DDPOConfig:
 
 
 @dataclass
+class DPOConfig:
+    _target_: str = "alignlab.methods.dpo.DPO"
+    prompts_per_round: int = 2
+    samples_per_prompt: int = 4
+    sample_batch_size: int = 8
+    train_batch_size: int = 2
+    gradient_accumulation_steps: int = 1
+    num_inner_epochs: int = 2
+    timestep_fraction: float = 1.0
+    loss: str = "trajectory"  # trajectory | diffusion_dpo
+    beta: float = 0.1
+    clip_eps: Any = 0.1  # float, or null for no log-ratio clip
+    beta_dpo: float = 2500.0
+    max_grad_norm: float = 1.0
+    train_cfg: bool = True
+    log_images: int = 16
+
+
+@dataclass
+class B2DiffuRLConfig:
+    _target_: str = "alignlab.methods.b2diffurl.B2DiffuRL"
+    sample_batch_size: int = 8  # prompts (branch families) per batch
+    num_batches_per_round: int = 32
+    num_branches: int = 5
+    branch_chunk: Optional[int] = None  # branch rows per UNet call; None: all of a batch's B·K rows at once
+    split_step_min: int = 14
+    split_step_max: int = 20
+    num_stages: int = 100
+    history_cnt: int = 8
+    pos_threshold: float = 0.5
+    neg_threshold: float = -0.5
+    beta1: float = 1.0
+    beta2: float = 1.0
+    train_batch_size: int = 2
+    gradient_accumulation_steps: int = 1
+    num_inner_epochs: int = 2
+    clip_range: float = 0.1
+    adv_clip_max: float = 5.0
+    max_grad_norm: float = 1.0
+    train_cfg: bool = True
+    log_images: int = 16
+
+
+@dataclass
 class RootConfig:
     seed: int = 0
     resume: bool = True  # continue from <run dir>/checkpoints/last.ckpt when it exists
@@ -66,3 +110,5 @@ def register_schemas() -> None:
     cs.store(name="root_schema", node=RootConfig)
     cs.store(group="schema/sampler", name="ddim", node=SamplerConfig)
     cs.store(group="schema/method", name="ddpo", node=DDPOConfig)
+    cs.store(group="schema/method", name="b2diffurl", node=B2DiffuRLConfig)
+    cs.store(group="schema/method", name="dpo", node=DPOConfig)
