@@ -1,0 +1,131 @@
+"""`make bench`: speed and memory as RATIOS to the UNet's own cost, measured side by side.
+
+Sampling cannot beat N steps × one CFG UNet call, and an update cannot beat the UNet forward +
+backward it needs; so each figure divides alignlab's time by that bound, measured in the same
+process on the same model and inputs (robust on a noisy shared machine). Writes bench/results.json.
+
+    python -m alignlab.bench [--models tiny,sd15] [--repeats 3] [--out bench/results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import torch
+
+import alignlab  # noqa: F401
+from alignlab.core.ppo import ppo_clip_loss
+from alignlab.core.sampling import DDIMSampler, guided_noise
+from alignlab.models import add_lora, build_tiny
+from alignlab.models.diffusion import DiffusionModel
+
+
+def sd15_shaped(latent: int = 16) -> tuple[torch.nn.Module, int]:
+    """SD 1.5's UNet architecture with random weights at a reduced latent size (no download)."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=latent, cross_attention_dim=768, attention_head_dim=8,
+                                block_out_channels=(320, 640, 1280, 1280), layers_per_block=2)
+    return unet, 768
+
+
+def bench_model(name: str, latent: int) -> tuple[torch.nn.Module, object, int, int]:
+    """(unet with LoRA, scheduler, text width, latent side)."""
+    tiny = build_tiny()
+    if name == "tiny":
+        add_lora(tiny)
+        return tiny.unet, tiny.scheduler, tiny.unet.config.cross_attention_dim, tiny.latent_shape(1)[-1]
+    unet, width = sd15_shaped(latent)
+    model = DiffusionModel(unet, tiny.vae, tiny.text_encoder, tiny.tokenizer, tiny.scheduler, latent * 2)
+    add_lora(model)
+    return model.unet, model.scheduler, width, latent
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median wall time of each function, calls alternating so machine load hits all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()  # warm-up
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def run_case(name: str, batch: int, steps: int, repeats: int, latent: int) -> dict:
+    unet, scheduler, width, side = bench_model(name, latent)
+    gen = torch.Generator().manual_seed(0)
+    cond, neg = torch.randn(batch, 77, width, generator=gen), torch.randn(1, 77, width, generator=gen)
+    x = torch.randn(batch, 4, side, side, generator=gen)
+    sampler = DDIMSampler(num_steps=steps, guidance_scale=5.0, progress=False)
+    t = torch.tensor(501)
+
+    def bare_call():
+        with torch.no_grad():
+            guided_noise(unet, x, t, cond, neg, 5.0)
+
+    def rollout():
+        sampler.sample(unet, scheduler, cond, neg, x.shape, torch.Generator().manual_seed(1))
+
+    traj = sampler.sample(unet, scheduler, cond, neg, x.shape, torch.Generator().manual_seed(1))
+    step = torch.zeros(batch, dtype=torch.long)
+    adv = torch.randn(batch, generator=gen)
+
+    def bare_forward_backward():
+        guided_noise(unet, x, t, cond, neg, 5.0).square().mean().backward()
+        unet.zero_grad(set_to_none=True)
+
+    def ppo_update():
+        logp = sampler.step_log_prob(unet, scheduler, traj, step, neg)
+        ppo_clip_loss(logp, traj.log_probs[:, 0], adv, 1e-4, 5.0).loss.backward()
+        unet.zero_grad(set_to_none=True)
+
+    # a rollout is `steps` calls: time `steps` bare calls as one unit beside it
+    t = interleaved({"calls": lambda: [bare_call() for _ in range(steps)], "rollout": rollout,
+                     "fwd_bwd": bare_forward_backward, "update": ppo_update}, repeats)
+    call, roll, fwd_bwd, update = t["calls"] / steps, t["rollout"], t["fwd_bwd"], t["update"]
+    return {
+        "model": name, "batch": batch, "steps": steps, "latent": side,
+        "unet_call_s": call, "rollout_s": roll, "rollout_efficiency": roll / (steps * call),
+        "unet_fwd_bwd_s": fwd_bwd, "update_s": update, "update_efficiency": update / fwd_bwd,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="tiny,sd15")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--latent", type=int, default=16, help="latent side of the SD-shaped UNet")
+    parser.add_argument("--out", default="bench/results.json")
+    args = parser.parse_args(argv)
+    cases = []
+    for name in args.models.split(","):
+        grid = [(4, 10), (8, 10), (4, 20)] if name == "tiny" else [(1, 4), (2, 4)]
+        for batch, steps in grid:
+            row = run_case(name, batch, steps, args.repeats, args.latent)
+            cases.append(row)
+            print(f"{name:5s} batch {batch:2d} steps {steps:3d}: rollout {row['rollout_s']:7.3f}s "
+                  f"(x{row['rollout_efficiency']:.3f} of N UNet calls), update {row['update_s']:6.3f}s "
+                  f"(x{row['update_efficiency']:.3f} of fwd+bwd), peak RSS {row['peak_rss_mib']:.0f} MiB")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
+    out.write_text(json.dumps({"date": str(date.today()), "device": device, "threads": torch.get_num_threads(),
+                               "torch": torch.__version__, "cases": cases}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
