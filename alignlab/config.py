@@ -28,6 +28,15 @@ class SamplerConfig:
 
 
 @dataclass
+class AsynSamplerConfig(SamplerConfig):
+    _target_: str = "alignlab.core.asyn_sampling.AsynSampler"
+    curve: str = "bin"  # bin | lin | exp: the concave schedule of item pixels
+    mask_mode: str = "dynamic"  # dynamic (masks from the previous step) | static (from a DM pass first)
+    mask_threshold: float = 1.0  # an item's pixels: attention >= threshold x the item's mean attention
+    capture_downscale: int = 4  # masks from cross-attention at latent / 4 (16x16 of SD's 64x64)
+
+
+@dataclass
 class DDPOConfig:
     _target_: str = "alignlab.methods.ddpo.DDPO"
     sample_batch_size: int = 8
@@ -66,12 +75,30 @@ class DPOConfig:
 
 
 @dataclass
+class DFusionConfig(DPOConfig):
+    _target_: str = "alignlab.methods.dfusion.dfusion"
+    algo: str = "dpo"  # dpo | ddpo
+    samples_per_prompt: int = 8
+    fuse_start: int = 2  # first fused step index (the paper leaves steps 0-1 unfused)
+    fuse_end: Optional[int] = None  # None: to the last step
+    fuse_blocks: list[str] = field(default_factory=lambda: ["mid", "up"])
+    capture_downscale: int = 4  # masks from cross-attention at latent / 4 (16x16 of SD's 64x64)
+    default_threshold: float = 0.015  # for items whose prompt set gives no threshold
+    # algo=ddpo only: PPO-clip on per-prompt normalised rewards of samples + fused targets
+    clip_range: float = 1e-4
+    adv_clip_max: float = 5.0
+    per_prompt_stat_tracking: bool = True
+    stat_buffer_size: int = 16
+    stat_min_count: int = 16
+
+
+@dataclass
 class B2DiffuRLConfig:
     _target_: str = "alignlab.methods.b2diffurl.B2DiffuRL"
     sample_batch_size: int = 8  # prompts (branch families) per batch
     num_batches_per_round: int = 32
     num_branches: int = 5
-    branch_chunk: Optional[int] = None  # branch rows per UNet call; None: all of a batch's B·K rows at once
+    branch_chunk: int | None = None  # branch rows per UNet call; None: all of a batch's B·K rows at once
     split_step_min: int = 14
     split_step_max: int = 20
     num_stages: int = 100
@@ -88,6 +115,17 @@ class B2DiffuRLConfig:
     max_grad_norm: float = 1.0
     train_cfg: bool = True
     log_images: int = 16
+
+
+@dataclass
+class AsynDMConfig:
+    _target_: str = "alignlab.methods.asyndm.AsynDM"
+    split: str = "train"  # the prompt split to evaluate
+    num_prompts: int | None = None  # the first n prompts of the split; None: all
+    images_per_prompt: int = 1
+    batch_size: int = 8
+    mask_steps: int = 4  # steps shown in the timestep-map picture
+    log_images: int = 16  # triplets in the image grid
 
 
 @dataclass
@@ -109,6 +147,9 @@ def register_schemas() -> None:
     cs = ConfigStore.instance()
     cs.store(name="root_schema", node=RootConfig)
     cs.store(group="schema/sampler", name="ddim", node=SamplerConfig)
+    cs.store(group="schema/sampler", name="asyn", node=AsynSamplerConfig)
     cs.store(group="schema/method", name="ddpo", node=DDPOConfig)
+    cs.store(group="schema/method", name="asyndm", node=AsynDMConfig)
     cs.store(group="schema/method", name="b2diffurl", node=B2DiffuRLConfig)
     cs.store(group="schema/method", name="dpo", node=DPOConfig)
+    cs.store(group="schema/method", name="dfusion", node=DFusionConfig)

@@ -62,6 +62,9 @@ def train(cfg: DictConfig) -> float:
     """Run (or resume) the configured method; returns the last round's mean reward (for sweepers)."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     method, trainer = build(cfg, run_dir)
+    if getattr(method, "evaluation_only", False):  # e.g. method=asyndm: nothing to train or resume
+        trainer.test(method)
+        return float(trainer.callback_metrics.get("reward_mean", float("nan")))
     last = run_dir / "checkpoints" / "last.ckpt"
     ckpt_path = str(last) if cfg.resume and last.exists() else None
     if ckpt_path:

@@ -46,7 +46,8 @@ def test_trajectory_dpo_clips_each_log_ratio():
 
 
 def test_diffusion_dpo_by_hand():
-    ew, el, rw, rl = torch.tensor([0.2, 0.7]), torch.tensor([0.3, 0.4]), torch.tensor([0.25, 0.5]), torch.tensor([0.3, 0.3])
+    ew, el = torch.tensor([0.2, 0.7]), torch.tensor([0.3, 0.4])
+    rw, rl = torch.tensor([0.25, 0.5]), torch.tensor([0.3, 0.3])
     beta = 10.0
     stats = diffusion_dpo_loss(ew, el, rw, rl, beta)
     inside = [-0.5 * beta * ((0.2 - 0.25) - (0.3 - 0.3)), -0.5 * beta * ((0.7 - 0.5) - (0.4 - 0.3))]

@@ -19,7 +19,7 @@ def test_tokenizer_matches_open_clip_ids():
     prompts = ["a woolen teddy bear riding a bike, 1960s style!", "two green triangles", "A Cat"]
     ours = clip_tokenizer()(prompts, padding="max_length", max_length=77).input_ids
     theirs = open_clip.get_tokenizer("ViT-B-32")(prompts)
-    for row, ref in zip(ours, theirs):
+    for row, ref in zip(ours, theirs, strict=False):
         length = int((ref != 0).sum())
         assert row[:length] == ref[:length].tolist()
     assert ours[0][0] == 49406 and ours[0][-1] == 49407  # SD pads with <|endoftext|>

@@ -14,6 +14,11 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
+from alignlab.core.attention import AttentionStore, CaptureProcessor, attention_processors
+from alignlab.core.ddim import ddim_step
+from alignlab.core.masks import absolute_masks, item_attention
+from alignlab.core.sampling import Trajectory, draw_noise, guided_noise
+
 
 def self_attention_layers(unet, blocks: tuple[str, ...] = ("mid_block", "up_blocks")) -> dict[str, torch.nn.Module]:
     """The self-attention modules (`attn1`) of the given UNet blocks, by name (paper: mid + all up)."""
@@ -77,3 +82,56 @@ class KVFusion:
         mask = F.interpolate(self.mask[:, None].float(), size=size, mode="nearest").flatten(1)
         mask = mask.repeat(output.shape[0] // mask.shape[0], 1)[..., None].to(output.dtype)
         return mask * reference + (1 - mask) * output
+
+
+@torch.no_grad()
+def fused_targets(
+    sampler,
+    unet,
+    scheduler,
+    reference,
+    base,
+    negative_embeds: torch.Tensor,
+    base_generators: list[torch.Generator],
+    items,
+    fuse_steps: tuple[int, int],
+    fusion: KVFusion,
+    capture: dict[str, torch.nn.Module],
+    capture_size: tuple[int, int],
+):
+    """Denoise D-Fusion targets: each starts from its base's initial noise, reuses the base's per-step
+    noise (replayed from `base_generators`, seeded as at sampling) and, on steps [start, end), reads
+    self-attention K/V blended from its reference under the reference's item mask.
+
+    `reference` and `base` are stored trajectories (rows paired), so per fused step there are exactly
+    two UNet passes — reference (records K/V and attention) and target — and one on unfused steps;
+    the base is never recomputed. Returns (target Trajectory, per-step masks (n, B, h, w)).
+    """
+    grid, prev_grid = sampler.step_grid(scheduler)
+    latents = base.latents[:, 0]
+    device = latents.device
+    draw_noise(latents.shape, base_generators, device)  # the base's initial noise: already stored
+    chain, log_probs, masks = [latents], [], []
+    store = AttentionStore()
+    for j in range(sampler.num_steps):
+        t, t_prev = grid[j], prev_grid[j]
+        if fuse_steps[0] <= j < fuse_steps[1]:
+            store.reset()
+            with attention_processors(capture, CaptureProcessor(store)), fusion.recording():
+                guided_noise(unet, reference.latents[:, j], t, reference.prompt_embeds, negative_embeds,
+                             sampler.guidance_scale)
+            maps = item_attention(store.mean(), items.weights, capture_size)
+            mask = absolute_masks(maps, items.valid, items.threshold).any(dim=1).float()
+            with fusion.blending(mask):
+                eps = guided_noise(unet, chain[-1], t, base.prompt_embeds, negative_embeds, sampler.guidance_scale)
+        else:
+            mask = torch.zeros(latents.shape[0], *capture_size, device=device)
+            eps = guided_noise(unet, chain[-1], t, base.prompt_embeds, negative_embeds, sampler.guidance_scale)
+        noise = draw_noise(latents.shape, base_generators, device)
+        step = ddim_step(scheduler, eps, t, t_prev, chain[-1], sampler.eta, noise=noise)
+        chain.append(step.prev_sample)
+        log_probs.append(step.log_prob)
+        masks.append(mask)
+    target = Trajectory(latents=torch.stack(chain, 1), timesteps=base.timesteps, prev_timesteps=base.prev_timesteps,
+                        log_probs=torch.stack(log_probs, 1), prompt_embeds=base.prompt_embeds)
+    return target, torch.stack(masks)

@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from alignlab.core.sampling import Trajectory
+from alignlab.core.token_spans import ItemBatch
 from alignlab.methods.rounds import round_loader
 from alignlab.models import trainable_parameters
 
@@ -68,10 +69,26 @@ class RLMethod(L.LightningModule):
         return Trajectory.cat(parts), torch.cat(rewards), torch.cat(images)
 
     def sample_batch(self, prompts: list[str], negative: torch.Tensor, generator: torch.Generator) -> Trajectory:
-        """One batch of rollouts, one row per prompt (B²-DiffuRL overrides it to branch shared prefixes)."""
+        """One batch of rollouts, one row per prompt (B²-DiffuRL overrides it to branch shared prefixes).
+        Samplers that mask the prompts' items (sampler=asyn) also get the items."""
         model = self.model
+        extra = {"items": self.item_batch(prompts)} if getattr(self.sampler, "needs_items", False) else {}
         return self.sampler.sample(model.unet, model.scheduler, model.encode_prompts(prompts), negative,
-                                   model.latent_shape(len(prompts)), generator)
+                                   model.latent_shape(len(prompts)), generator, **extra)
+
+    def item_batch(self, prompts: list[str]) -> ItemBatch:
+        """The prompts' item words as token spans of the model's tokenizer."""
+        return ItemBatch.build(self.model.tokenizer, prompts, [self.prompts.items_for(p) for p in prompts])
+
+    def grouped_rollout(self, prompt_count: int, samples_per_prompt: int, batch_size: int):
+        """`samples_per_prompt` samples for each of `prompt_count` distinct train prompts (every prompt once
+        per round when the set has that many, as the papers' templates are used; cycling otherwise),
+        each row with its own generator so it can be replayed. Rows of a prompt are consecutive."""
+        pool = self.prompts.train
+        order = torch.randperm(len(pool), generator=self.generator(0)).tolist()
+        prompts = [pool[order[i % len(pool)]] for i in range(prompt_count) for _ in range(samples_per_prompt)]
+        generators = [self.generator(2, row) for row in range(len(prompts))]
+        return (prompts, *self.rollout(prompts, batch_size, generators))
 
     def keep_showcase(self, images: torch.Tensor, prompts: list[str], rewards: torch.Tensor) -> None:
         n = self.log_images
@@ -81,8 +98,14 @@ class RLMethod(L.LightningModule):
     def after_micro_batch(self, batch_idx: int) -> None:
         """Step the optimizer every `gradient_accumulation_steps` micro-batches and at the round's end."""
         self.micro_step += 1
-        if self.micro_step % self.grad_accum == 0 or batch_idx == self.micro_batches_per_round() - 1:
+        if self.micro_step % self.grad_accum == 0 or batch_idx == self.round_length() - 1:
             self.optimizer_step()
+
+    def round_length(self) -> int:
+        """Micro-batches the current round yields. Where rounds vary (B²-DiffuRL trains only the siblings
+        it selects), micro_batches_per_round() is the bound Lightning plans every epoch with (an epoch ends
+        early when its round runs out) and this is the round's own count."""
+        return self.micro_batches_per_round()
 
     def optimizer_step(self) -> None:
         optimizer = self.optimizers()

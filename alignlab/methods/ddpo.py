@@ -59,8 +59,14 @@ class DDPO(RLMethod):
         return self.sample_batch_size * self.num_batches_per_round
 
     @property
+    def trained_interval(self) -> tuple[int, int]:
+        """Step indices [first, end) the update trains: all of them (B²-DiffuRL trains the branched tail)."""
+        return 0, self.sampler.num_steps
+
+    @property
     def train_timesteps(self) -> int:
-        return max(1, int(self.sampler.num_steps * self.timestep_fraction))
+        first, end = self.trained_interval
+        return max(1, int((end - first) * self.timestep_fraction))
 
     def micro_batches_per_round(self) -> int:
         return self.num_inner_epochs * math.ceil(self.samples_per_round / self.train_batch_size)
@@ -73,19 +79,24 @@ class DDPO(RLMethod):
         traj, rewards, images = self.rollout(prompts, self.sample_batch_size, self.generator(2))
         self.buffer = {"traj": traj, "advantages": self.advantages(prompts, rewards),
                        "negative": self.model.encode_prompts([""])}
+        self.log_rollout(images, prompts, rewards)
+        return self.micro_batches(len(prompts), self.generator(1))
+
+    def log_rollout(self, images: torch.Tensor, prompts: list[str], rewards: torch.Tensor) -> None:
+        """The round's sample grid and reward statistics."""
         self.keep_showcase(images, prompts, rewards)
         self.stats["reward_mean"].append(rewards.mean().item())
         self.stats["reward_std"].append(rewards.std(unbiased=False).item())
         self.stats["samples_per_round"].append(float(len(prompts)))
-        return self.micro_batches(len(prompts), self.generator(1))
 
     def micro_batches(self, total: int, generator: torch.Generator) -> list[dict]:
         """Shuffled sample indices, and per sample a random order of the timesteps it trains on."""
-        steps = self.sampler.num_steps
+        first_step, end_step = self.trained_interval
         batches = []
         for _ in range(self.num_inner_epochs):
             order = torch.randperm(total, generator=generator)
-            step_order = torch.stack([torch.randperm(steps, generator=generator) for _ in range(total)])
+            step_order = first_step + torch.stack(
+                [torch.randperm(end_step - first_step, generator=generator) for _ in range(total)])
             for first in range(0, total, self.train_batch_size):
                 rows = order[first : first + self.train_batch_size]
                 batches.append({"rows": rows, "steps": step_order[rows, : self.train_timesteps]})

@@ -78,7 +78,7 @@ class DPO(RLMethod):
         pairs = self.prompts_per_round * self.pairs_per_prompt
         return self.num_inner_epochs * math.ceil(pairs / self.train_batch_size)
 
-    def make_pairs(self, prompts, traj, rewards, images, generators) -> tuple[Trajectory, torch.Tensor, torch.Tensor]:
+    def make_pairs(self, prompts, traj, rewards, images) -> tuple[Trajectory, torch.Tensor, torch.Tensor]:
         """(trajectories, winner rows, loser rows); naive: best vs worst within each prompt's group."""
         n = self.samples_per_prompt
         winners, losers = [], []
@@ -93,14 +93,12 @@ class DPO(RLMethod):
         return traj, winners, losers
 
     def start_round(self) -> list[dict]:
-        base = self.prompts.sample(self.prompts_per_round, self.generator(0))
-        prompts = [p for p in base for _ in range(self.samples_per_prompt)]
-        generators = [self.generator(2, row) for row in range(len(prompts))]
-        traj, rewards, images = self.rollout(prompts, self.sample_batch_size, generators)
+        prompts, traj, rewards, images = self.grouped_rollout(self.prompts_per_round, self.samples_per_prompt,
+                                                             self.sample_batch_size)
         self.stats["reward_mean"].append(rewards.mean().item())
         self.stats["reward_std"].append(rewards.std(unbiased=False).item())
         self.stats["samples_per_round"].append(float(len(prompts)))
-        traj, winners, losers = self.make_pairs(prompts, traj, rewards, images, generators)
+        traj, winners, losers = self.make_pairs(prompts, traj, rewards, images)
         self.buffer = {"traj": traj, "winners": winners.to(self.device), "losers": losers.to(self.device),
                        "negative": self.model.encode_prompts([""])}
         if self.loss_kind == "trajectory":

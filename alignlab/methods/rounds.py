@@ -3,6 +3,7 @@ rollout, then yields the micro-batches the update trains on (the pattern of Ligh
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 from torch.utils.data import DataLoader, IterableDataset
@@ -17,6 +18,12 @@ class RoundDataset(IterableDataset):
 
     def __len__(self) -> int:
         return self.method.micro_batches_per_round()
+
+
+# The round dataset is read in the main process (num_workers=0), where its length is exact; and the
+# frozen VAE / text encoder are in eval mode on purpose. Lightning warns about both.
+warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined.*")
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
 
 def round_loader(method) -> DataLoader:

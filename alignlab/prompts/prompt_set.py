@@ -1,18 +1,56 @@
-"""A prompt set: the train prompts a method samples from and the held-out test prompts."""
+"""A prompt set: the train prompts a method samples from and the held-out test prompts.
+
+A prompt may carry its ITEMS, the words whose image regions AsynDM and D-Fusion mask, each with
+AsynDM's curvature k and D-Fusion's mask threshold (given per item or once for the prompt):
+    - a cat eating a sandwich                                      # no items
+    - {prompt: a cat eating a sandwich, items: [cat, sandwich], k: 0.7}
+    - {prompt: a woolen hat, items: [{word: woolen, k: 0.5, threshold: 0.01}]}
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 import yaml
 
+from alignlab.core.timestep_schedules import check_k
+from alignlab.core.token_spans import Item, find_word
 from alignlab.errors import ConfigError
+
+_ENTRY_KEYS = {"prompt", "items", "k", "threshold"}
+
+
+def _parse_entry(entry, name: str) -> tuple[str, list[Item]]:
+    """A prompt string, or a mapping with the prompt and its items -> (prompt, items)."""
+    if not isinstance(entry, Mapping):
+        return str(entry), []
+    unknown = set(entry) - _ENTRY_KEYS
+    if unknown:
+        raise ConfigError(f"prompt set '{name}': unknown key(s) {sorted(unknown)} in a prompt entry "
+                          f"(allowed: {sorted(_ENTRY_KEYS)})")
+    prompt, items = str(entry.get("prompt") or ""), []
+    for spec in entry.get("items") or []:
+        spec = spec if isinstance(spec, Mapping) else {"word": spec}
+        item = Item(str(spec.get("word")), spec.get("k", entry.get("k")), spec.get("threshold", entry.get("threshold")))
+        if find_word(prompt, item.word) is None:
+            raise ConfigError(f"prompt set '{name}': item '{item.word}' does not occur as a word in the prompt "
+                              f"'{prompt}'")
+        if item.k is not None:
+            try:
+                check_k(item.k)
+            except ConfigError as error:
+                raise ConfigError(f"prompt set '{name}', item '{item.word}' of '{prompt}': {error}") from None
+        items.append(item)
+    return prompt, items
 
 
 class PromptSet:
-    def __init__(self, train: list[str], test: list[str] | None = None, name: str = "prompts"):
-        train, test = [str(p) for p in train or []], [str(p) for p in test or []]
+    def __init__(self, train: list, test: list | None = None, name: str = "prompts"):
+        train, test = [_parse_entry(e, name) for e in train or []], [_parse_entry(e, name) for e in test or []]
+        self._items = {prompt: items for prompt, items in train + test if items}
+        train, test = [prompt for prompt, _ in train], [prompt for prompt, _ in test]
         if not train:
             raise ConfigError(f"prompt set '{name}' has no train prompts: give prompts.train a non-empty list")
         blank = [p for p in train + test if not p.strip()]
@@ -25,6 +63,10 @@ class PromptSet:
         pool = self.train if split == "train" else self.test
         picks = torch.randint(len(pool), (count,), generator=generator)
         return [pool[i] for i in picks.tolist()]
+
+    def items_for(self, prompt: str) -> list[Item]:
+        """The prompt's items (empty when the set gives none)."""
+        return self._items.get(prompt, [])
 
 
 def load_prompt_file(path: str, name: str | None = None) -> PromptSet:

@@ -24,7 +24,7 @@ def sample_grid(images: torch.Tensor, captions: list[str], columns: int = 4) -> 
     caption_h = 28
     grid = Image.new("RGB", (columns * side, rows * (side + caption_h)), "white")
     draw = ImageDraw.Draw(grid)
-    for i, (image, caption) in enumerate(zip(images, captions)):
+    for i, (image, caption) in enumerate(zip(images, captions, strict=False)):
         array = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
         tile = Image.fromarray(array).resize((side, side), Image.NEAREST)
         x, y = (i % columns) * side, (i // columns) * (side + caption_h)
@@ -61,7 +61,7 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     ax.fill_between(rounds, mean - std, mean + std, alpha=0.2)
     for key in sorted({k for r in rows for k in r if k.startswith("eval/")}):
         points = [(r["round"], r[key]) for r in rows if key in r]
-        ax.plot(*zip(*points), marker="s", label=key)
+        ax.plot(*zip(*points, strict=False), marker="s", label=key)
     ax.set_xlabel("round")
     ax.set_ylabel("reward")
     ax.set_title("alignment curve")

@@ -47,13 +47,18 @@ class RoundRecorder(L.Callback):
         plot_curves(read_metrics(self.metrics_path), self.run_dir / "plots" / "alignment.png")
         if not showcase:
             return
-        captions = [f"{p} | {r:.3g}" for p, r in zip(showcase["prompts"], showcase["rewards"])]
-        grid = sample_grid(showcase["images"], captions)
         (self.run_dir / "samples").mkdir(exist_ok=True)
-        grid.save(self.run_dir / "samples" / f"round_{round_no:04d}.png")
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image("samples", [grid], step=round_no, caption=[f"round {round_no}"])
+        # the round's samples, plus any extra grids a method shows (D-Fusion's masks, say)
+        grids = {"samples": showcase, **showcase.get("grids", {})}
+        for name, shown in grids.items():
+            captions = shown.get("captions") or [
+                f"{p} | {r:.3g}" for p, r in zip(shown["prompts"], shown["rewards"], strict=True)]
+            grid = sample_grid(shown["images"], captions, shown.get("columns", 4))
+            prefix = "round" if name == "samples" else f"{name}_round"
+            grid.save(self.run_dir / "samples" / f"{prefix}_{round_no:04d}.png")
+            for logger in trainer.loggers:
+                if isinstance(logger, WandbLogger):
+                    logger.log_image(name, [grid], step=round_no, caption=[f"round {round_no}"])
 
 
 class ExportWeights(L.Callback):

@@ -1,0 +1,75 @@
+"""AsynDM's cost against synchronous DDIM, measured side by side in one process (goal: rollout <= 1.10x).
+
+Per-pixel timesteps add a few gathers per ResNet and one embedding per distinct timestep; dynamic
+masks add an explicit attention softmax in the captured layers and a mask update per step. Each
+figure is the AsynDM time divided by the synchronous time on the same model and inputs, timed
+interleaved (robust on a noisy shared machine).
+
+    python -m alignlab.bench_asyndm [--models tiny,sd15] [--batch 4] [--steps 10] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+import alignlab  # noqa: F401
+from alignlab.bench import bench_model, interleaved
+from alignlab.core.asyn_sampling import AsynSampler
+from alignlab.core.sampling import DDIMSampler
+from alignlab.core.token_spans import Item, ItemBatch
+from alignlab.models.tokenizer import clip_tokenizer
+
+PROMPTS = [("a cat eating a sandwich", ["cat", "sandwich"]), ("a dog playing basketball", ["dog", "basketball"])]
+
+
+def run_case(name: str, batch: int, steps: int, repeats: int, latent: int) -> dict:
+    unet, scheduler, width, side = bench_model(name, latent)
+    gen = torch.Generator().manual_seed(0)
+    cond, neg = torch.randn(batch, 77, width, generator=gen), torch.randn(1, 77, width, generator=gen)
+    shape = (batch, 4, side, side)
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
+    items = ItemBatch.build(clip_tokenizer(), [p for p, _ in prompts],
+                            [[Item(w, 0.5) for w in ws] for _, ws in prompts])
+    sync, asyn = DDIMSampler(steps, progress=False), AsynSampler(steps, progress=False)
+
+    def rollout(sampler, **kwargs):
+        return sampler.sample(unet, scheduler, cond, neg, shape, torch.Generator().manual_seed(1), **kwargs)
+
+    trajectories = {"sync": rollout(sync), "asyn": rollout(asyn, items=items)}
+    step = torch.full((batch,), steps // 2)
+
+    def update(sampler, key):
+        sampler.step_log_prob(unet, scheduler, trajectories[key], step, neg).mean().backward()
+        unet.zero_grad(set_to_none=True)
+
+    t = interleaved({
+        "sync": lambda: rollout(sync),
+        "asyn_dm": lambda: rollout(asyn, items=items, variant="dm"),
+        "asyndm": lambda: rollout(asyn, items=items),
+        "sync_update": lambda: update(sync, "sync"),
+        "asyn_update": lambda: update(asyn, "asyn"),
+    }, repeats)
+    return {"model": name, "batch": batch, "steps": steps, "latent": side, "sync_rollout_s": t["sync"],
+            "per_pixel_ratio": t["asyn_dm"] / t["sync"], "asyndm_ratio": t["asyndm"] / t["sync"],
+            "update_ratio": t["asyn_update"] / t["sync_update"]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="tiny")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--latent", type=int, default=16, help="latent side of the SD-shaped UNet")
+    args = parser.parse_args(argv)
+    for name in args.models.split(","):
+        row = run_case(name, args.batch, args.steps, args.repeats, args.latent)
+        print(f"{name:5s} batch {row['batch']} steps {row['steps']} latent {row['latent']}: sync rollout "
+              f"{row['sync_rollout_s']:.3f}s | per-pixel timesteps x{row['per_pixel_ratio']:.3f} | "
+              f"AsynDM (dynamic masks) x{row['asyndm_ratio']:.3f} | update x{row['update_ratio']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

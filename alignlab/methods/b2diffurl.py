@@ -1,0 +1,124 @@
+"""B²-DiffuRL + DDPO (Hu et al., CVPR 2025): backward progressive training on branched rollouts
+(shared/specs/b2diffurl.md). One stage = one round = one Lightning epoch; the stage index is `round_index`."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from alignlab.core.branching import branch_sample
+from alignlab.core.stages import StageZScores, select_siblings, split_step
+from alignlab.errors import ConfigError
+from alignlab.methods.ddpo import DDPO
+
+
+class B2DiffuRL(DDPO):
+    """DDPO whose rounds branch each prompt's rollout into K siblings over the last `split_step` steps,
+    keep the best / worst sibling of each family by per-prompt z-score, and train PPO-clip on the branched
+    steps only. The branched tail grows from `split_step_min` to `split_step_max` steps over `num_stages`.
+
+    `sample_batch_size` counts prompts (families) per batch: a batch holds sample_batch_size · K images.
+    Everything else (loss, accumulation, optimizer step, diagnostics) is DDPO's.
+    """
+
+    def __init__(
+        self,
+        model,
+        sampler,
+        reward,
+        optimizer,
+        prompts,
+        seed: int = 0,
+        num_branches: int = 5,
+        branch_chunk: int | None = None,
+        split_step_min: int = 14,
+        split_step_max: int = 20,
+        num_stages: int = 100,
+        history_cnt: int = 8,
+        pos_threshold: float = 0.5,
+        neg_threshold: float = -0.5,
+        beta1: float = 1.0,
+        beta2: float = 1.0,
+        train_batch_size: int = 2,
+        num_inner_epochs: int = 2,
+        clip_range: float = 0.1,
+        **ddpo_options,
+    ):
+        super().__init__(model, sampler, reward, optimizer, prompts, seed, train_batch_size=train_batch_size,
+                         num_inner_epochs=num_inner_epochs, clip_range=clip_range, per_prompt_stat_tracking=False,
+                         **ddpo_options)
+        steps = sampler.num_steps
+        if num_branches < 2:
+            raise ConfigError(f"method.num_branches must be >= 2 so that siblings can be compared, got {num_branches}")
+        if not 1 <= split_step_min <= split_step_max <= steps:
+            raise ConfigError(
+                f"method.split_step_min and method.split_step_max must satisfy 1 <= split_step_min <= "
+                f"split_step_max <= sampler.num_steps ({steps}), got {split_step_min} and {split_step_max}"
+            )
+        for key, value in [("num_stages", num_stages), ("branch_chunk", branch_chunk or 1)]:
+            if value < 1:
+                raise ConfigError(f"method.{key} must be >= 1, got {value}")
+        if history_cnt < 0:
+            raise ConfigError(f"method.history_cnt must be >= 0, got {history_cnt}")
+        self.num_branches, self.branch_chunk = num_branches, branch_chunk
+        self.split_step_min, self.split_step_max, self.num_stages = split_step_min, split_step_max, num_stages
+        self.pos_threshold, self.neg_threshold = pos_threshold, neg_threshold
+        self.beta1, self.beta2 = beta1, beta2
+        self.zscores = StageZScores(history_cnt)
+
+    @property
+    def split_step(self) -> int:
+        """Number of final steps this stage branches and trains."""
+        return split_step(self.round_index, self.split_step_min, self.split_step_max, self.num_stages)
+
+    @property
+    def trained_interval(self) -> tuple[int, int]:
+        return self.sampler.num_steps - self.split_step, self.sampler.num_steps
+
+    def micro_batches_per_round(self) -> int:
+        """The bound, with both siblings of every family kept: Lightning plans every epoch with it."""
+        return self.num_inner_epochs * math.ceil(2 * self.samples_per_round / self.train_batch_size)
+
+    def round_length(self) -> int:
+        """This round's own count: only the selected siblings train."""
+        return self.buffer["micro_batches"]
+
+    def sample_batch(self, prompts: list[str], negative: torch.Tensor, generator: torch.Generator):
+        """`prompts` repeats each family's prompt K times in a row: one prefix per family, then K branches."""
+        model, k = self.model, self.num_branches
+        traj, _ = branch_sample(self.sampler, model.unet, model.scheduler, model.encode_prompts(prompts[::k]),
+                                negative, model.latent_shape(len(prompts) // k), generator, self.split_step, k,
+                                self.branch_chunk)
+        return traj
+
+    def start_round(self) -> list[dict]:
+        k = self.num_branches
+        prompts = [p for p in self.prompts.sample(self.samples_per_round, self.generator(0)) for _ in range(k)]
+        traj, rewards, images = self.rollout(prompts, self.sample_batch_size * k, self.generator(2))
+        z = self.zscores.update(prompts, rewards)
+        rows, is_best = select_siblings(z.view(-1, k), self.pos_threshold, self.neg_threshold)
+        kept_z = z[rows].clamp(-self.adv_clip_max, self.adv_clip_max)
+        weight = torch.where(kept_z > 0, self.beta1, self.beta2)  # by sign, as the official trainer does
+        batches = self.micro_batches(len(rows), self.generator(1)) if len(rows) else []
+        self.buffer = {"traj": traj.index(rows), "advantages": kept_z * weight,
+                       "negative": self.model.encode_prompts([""]), "micro_batches": len(batches)}
+        self.log_rollout(images, prompts, rewards)
+        self.stats["split_step"].append(float(self.split_step))
+        self.stats["kept_positive"].append(float(is_best.sum()))
+        self.stats["kept_negative"].append(float((~is_best).sum()))
+        return batches
+
+    def keep_showcase(self, images: torch.Tensor, prompts: list[str], rewards: torch.Tensor) -> None:
+        """Whole branch families, one grid row each, so siblings are seen side by side."""
+        n = max(1, self.log_images // self.num_branches) * self.num_branches
+        self.showcase = {"images": images[:n], "prompts": prompts[:n], "rewards": rewards[:n].tolist(),
+                         "columns": self.num_branches}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["zscore_history"] = self.zscores.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.zscores.load_state_dict(checkpoint["zscore_history"])

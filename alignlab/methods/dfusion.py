@@ -1,0 +1,178 @@
+"""D-Fusion (Hu et al., ICML 2025): visually consistent preference pairs (shared/specs/dfusion.md).
+
+Per prompt, n samples are ranked; each of the top n/4 references is fused into two of the bottom n/2
+bases: the target denoises from the base's noise while its self-attention reads the reference's keys
+and values under the reference's item mask — as well aligned as the reference, looking like the
+base, and with a trajectory to train on.
+- `algo=dpo` (default): pairs (winner = target, loser = base), trajectory DPO or Diffusion-DPO;
+- `algo=ddpo`: the targets join the rollout and PPO-clip trains on per-prompt normalised rewards.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import torch
+
+from alignlab.core.attention import capture_layers
+from alignlab.core.fusion import KVFusion, fused_targets, self_attention_layers
+from alignlab.core.pairs import dfusion_pairs
+from alignlab.core.sampling import Trajectory
+from alignlab.core.token_spans import ItemBatch
+from alignlab.errors import ConfigError
+from alignlab.methods.ddpo import DDPO
+from alignlab.methods.dpo import DPO
+
+FUSED_BLOCKS = {"mid": "mid_block", "up": "up_blocks", "down": "down_blocks"}
+
+
+class FusedPairs:
+    """What both D-Fusion variants share: the fusion settings and building targets for a round."""
+
+    def setup_fusion(self, samples_per_prompt: int, fuse_start: int, fuse_end: int | None,
+                     fuse_blocks, capture_downscale: int, default_threshold: float) -> None:
+        if samples_per_prompt % 4:
+            raise ConfigError("D-Fusion needs method.samples_per_prompt to be a multiple of 4, "
+                              f"got {samples_per_prompt}")
+        unknown = set(fuse_blocks) - set(FUSED_BLOCKS)
+        if unknown:
+            raise ConfigError(f"method.fuse_blocks: unknown block(s) {sorted(unknown)}; use {sorted(FUSED_BLOCKS)}")
+        end = self.sampler.num_steps if fuse_end is None else fuse_end
+        if not 0 <= fuse_start <= end <= self.sampler.num_steps:
+            raise ConfigError("method.fuse_start/fuse_end must satisfy 0 <= start <= end <= sampler.num_steps, "
+                              f"got {fuse_start}, {end}")
+        self.samples_per_prompt, self.fuse_steps = samples_per_prompt, (fuse_start, end)
+        blocks = tuple(FUSED_BLOCKS[b] for b in fuse_blocks)
+        self.fusion = KVFusion(self_attention_layers(self.model.unet, blocks))
+        self.capture, self.capture_size = capture_layers(self.model.unet, self.model.latent_shape(1)[-2:],
+                                                         capture_downscale)
+        self.default_threshold = default_threshold
+
+    def items(self, prompts: list[str]) -> ItemBatch:
+        """The prompts' items with D-Fusion thresholds (the default where a prompt set gives none)."""
+        batch = ItemBatch.build(self.model.tokenizer, prompts, [self.prompts.items_for(p) for p in prompts])
+        batch.threshold = torch.where(batch.threshold.isnan(), torch.full_like(batch.threshold,
+                                      self.default_threshold), batch.threshold)
+        return batch
+
+    @torch.no_grad()
+    def fuse(self, prompts, traj, rewards, images, batch_size: int):
+        """Rank, pair and fuse -> (targets, their rewards, reference rows, base rows); logs the rewards
+        of references, bases and targets and keeps reference | base | target triplets for the grid."""
+        n = self.samples_per_prompt
+        references, bases = [], []
+        for start in range(0, len(prompts), n):
+            ref, base = dfusion_pairs(rewards[start : start + n])
+            references.append(ref + start)
+            bases.append(base + start)
+        references, bases = torch.cat(references), torch.cat(bases)
+        negative = self.model.encode_prompts([""])
+        device = traj.latents.device
+        targets, masks = [], []
+        for first in range(0, len(bases), batch_size):
+            ref_rows, base_rows = references[first : first + batch_size], bases[first : first + batch_size]
+            target, mask = fused_targets(
+                self.sampler, self.model.unet, self.model.scheduler, traj.index(ref_rows.to(device)),
+                traj.index(base_rows.to(device)), negative, [self.generator(2, int(r)) for r in base_rows],
+                self.items([prompts[i] for i in base_rows]).to(device), self.fuse_steps, self.fusion,
+                self.capture, self.capture_size)
+            targets.append(target)
+            masks.append(mask)
+        target = Trajectory.cat(targets)
+        target_images = self.model.decode(target.final)
+        target_rewards = self.reward(target_images, [prompts[i] for i in bases]).float().to(rewards.device)
+        self.stats["reward_reference"].append(rewards[references].mean().item())
+        self.stats["reward_base"].append(rewards[bases].mean().item())
+        self.stats["reward_target"].append(target_rewards.mean().item())
+        self.stats["mask_fraction"].append(torch.cat(masks, dim=1)[self.fuse_steps[0] :].mean().item())
+        self.keep_triplets(images, target_images.cpu(), references, bases, prompts, rewards, target_rewards)
+        self.keep_masks(masks[0][:, 0], prompts[int(bases[0])])
+        return target, target_rewards, references, bases
+
+    def keep_masks(self, masks: torch.Tensor, prompt: str, shown: int = 6) -> None:
+        """A small grid of the first pair's fused mask at a few steps (not one PNG per step)."""
+        steps = torch.linspace(0, masks.shape[0] - 1, min(shown, masks.shape[0])).round().long().unique()
+        tiles = masks[steps].float().cpu()[:, None].expand(-1, 3, -1, -1)
+        captions = [f"step {int(j)}" + (f" | {prompt}" if i == 0 else "") for i, j in enumerate(steps)]
+        self.showcase["grids"] = {"masks": {"images": tiles, "captions": captions, "columns": len(steps)}}
+
+    def keep_triplets(self, images, target_images, references, bases, prompts, rewards, target_rewards) -> None:
+        """Sample grid rows: reference | base | target, each captioned with its reward."""
+        tiles, captions = [], []
+        for i in range(min(len(bases), max(1, self.log_images // 3))):
+            r, b = int(references[i]), int(bases[i])
+            tiles += [images[r], images[b], target_images[i]]
+            captions += [f"ref {rewards[r]:.3g} | {prompts[b]}", f"base {rewards[b]:.3g}",
+                         f"target {target_rewards[i]:.3g}"]
+        self.showcase = {"images": torch.stack(tiles), "captions": captions, "columns": 3}
+
+
+class DFusion(FusedPairs, DPO):
+    """D-Fusion + DPO: winner = fused target, loser = its base."""
+
+    def __init__(self, *args, fuse_start: int = 2, fuse_end: int | None = None, fuse_blocks=("mid", "up"),
+                 capture_downscale: int = 4, default_threshold: float = 0.015, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.setup_fusion(self.samples_per_prompt, fuse_start, fuse_end, fuse_blocks, capture_downscale,
+                          default_threshold)
+
+    def make_pairs(self, prompts, traj, rewards, images):
+        target, _, _, bases = self.fuse(prompts, traj, rewards, images, self.sample_batch_size)
+        winners = torch.arange(len(traj.log_probs), len(traj.log_probs) + len(bases))
+        return Trajectory.cat([traj, target]), winners, bases
+
+
+class DFusionDDPO(FusedPairs, DDPO):
+    """D-Fusion + DDPO: the fused targets join the round's samples; PPO-clip on per-prompt advantages.
+    A target's π_old is the unfused policy's log-prob of its steps (what training re-scores)."""
+
+    def __init__(self, *args, prompts_per_round: int = 2, samples_per_prompt: int = 4, fuse_start: int = 2,
+                 fuse_end: int | None = None, fuse_blocks=("mid", "up"), capture_downscale: int = 4,
+                 default_threshold: float = 0.015, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.prompts_per_round = prompts_per_round
+        self.setup_fusion(samples_per_prompt, fuse_start, fuse_end, fuse_blocks, capture_downscale,
+                          default_threshold)
+
+    def micro_batches_per_round(self) -> int:
+        rows = self.prompts_per_round * self.samples_per_prompt * 3 // 2  # samples + one target per base
+        return self.num_inner_epochs * math.ceil(rows / self.train_batch_size)
+
+    def start_round(self) -> list[dict]:
+        prompts, traj, rewards, images = self.grouped_rollout(self.prompts_per_round, self.samples_per_prompt,
+                                                             self.sample_batch_size)
+        target, target_rewards, _, bases = self.fuse(prompts, traj, rewards, images, self.sample_batch_size)
+        target.log_probs = self.policy_log_probs(target)
+        showcase = self.showcase
+        prompts = prompts + [prompts[i] for i in bases]
+        rewards = torch.cat([rewards, target_rewards])
+        self.buffer = {"traj": Trajectory.cat([traj, target]), "advantages": self.advantages(prompts, rewards),
+                       "negative": self.model.encode_prompts([""])}
+        self.log_rollout(images, prompts, rewards)
+        self.showcase = showcase  # the triplets, not the plain samples
+        return self.micro_batches(len(prompts), self.generator(1))
+
+    @torch.no_grad()
+    def policy_log_probs(self, traj: Trajectory) -> torch.Tensor:
+        negative = self.model.encode_prompts([""])
+        out = torch.empty_like(traj.log_probs)
+        for j in range(out.shape[1]):
+            step = torch.full((out.shape[0],), j, device=out.device)
+            out[:, j] = self.sampler.step_log_prob(self.model.unet, self.model.scheduler, traj, step, negative,
+                                                   self.train_guidance)
+        return out
+
+
+def dfusion(algo: str = "dpo", **kwargs):
+    """`method=dfusion`: the DPO variant, or with `method.algo=ddpo` the DDPO one. The config carries
+    both variants' keys; each class takes the ones it knows."""
+    classes = {"dpo": DFusion, "ddpo": DFusionDDPO}
+    if algo not in classes:
+        raise ConfigError(f"method.algo must be dpo or ddpo, got {algo!r}")
+    cls = classes[algo]
+    accepted = set()
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass):
+            accepted |= set(inspect.signature(klass.__init__).parameters)
+    return cls(**{k: v for k, v in kwargs.items() if k in accepted})
