@@ -313,3 +313,35 @@ def test_template_1_gives_each_animal_one_activity_to_train_and_the_other_two_to
     assert len(train) == 45
     for animal, activity in train.items():
         assert {a for x, a in map(split, prompts.test) if x == animal} == activities - {activity}
+
+
+def test_branches_with_the_asynchronous_sampler(tiny_model):
+    """sampler=asyn: the per-pixel timestep state is copied into the branches with the latents, so
+    siblings share the prefix (latents and timestep maps) and every stored step re-scores exactly."""
+    from alignlab.core.asyn_sampling import AsynSampler
+    from alignlab.core.token_spans import Item, ItemBatch
+
+    prompts = ["a red circle", "a blue square"]
+    cond, neg = tiny_model.encode_prompts(prompts), tiny_model.encode_prompts([""])
+    items = ItemBatch.build(tiny_model.tokenizer, prompts, [[Item("circle", k=0.5)], [Item("square", k=0.7)]])
+    sampler = AsynSampler(num_steps=4, progress=False)
+    n, split, k = 4, 2, 3
+    traj, family = branch_sample(sampler, tiny_model.unet, tiny_model.scheduler, cond, neg,
+                                 tiny_model.latent_shape(2), torch.Generator().manual_seed(0), split, k, None, items)
+    assert traj.timesteps.shape == (2 * k, n, 16, 16)
+    for f in range(2):
+        rows = family == f
+        assert (traj.latents[rows][:, : n - split + 1] == traj.latents[rows][0, : n - split + 1]).all()
+        assert (traj.timesteps[rows][:, : n - split] == traj.timesteps[rows][0, : n - split]).all()
+    with torch.no_grad():
+        for j in range(n):
+            step = torch.full((2 * k,), j)
+            rescored = sampler.step_log_prob(tiny_model.unet, tiny_model.scheduler, traj, step, neg)
+            torch.testing.assert_close(rescored, traj.log_probs[:, j], rtol=1e-4, atol=1e-4)
+
+
+def test_b2diffurl_with_the_asynchronous_sampler_end_to_end(tmp_path):
+    overrides = [o for o in E2E if not o.startswith("prompts.")]
+    train(compose_config(tmp_path, [*overrides, "trainer.max_epochs=1", "sampler=asyn", "prompts=asyn_animals"]))
+    row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["samples_per_round"] == 6.0 and row["split_step"] == 1.0

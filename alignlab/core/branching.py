@@ -1,7 +1,8 @@
 """Shared-prefix branch sampling (B²-DiffuRL): denoise a prefix once, then continue it in K branches.
 
 Works with any sampler that has DDIMSampler's `num_steps` and `denoise(unet, scheduler, latents,
-prompt_embeds, negative_embeds, generator, start, end)`.
+prompt_embeds, negative_embeds, generator, start, end)`; a sampler with per-row state (AsynSampler's
+timestep maps and masks, `needs_items`) has it copied into the branches with the latents.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ def branch_sample(
     split_step: int,
     num_branches: int,
     chunk: int | None = None,
+    items=None,
 ) -> tuple[Trajectory, torch.Tensor]:
     """B prompts -> B·K trajectories over all N steps, and the family (prefix) id of each row.
 
@@ -36,13 +38,23 @@ def branch_sample(
     """
     branch_at = sampler.num_steps - split_step
     latents = draw_noise(latent_shape, generator, prompt_embeds.device) * scheduler.init_noise_sigma
-    prefix = sampler.denoise(unet, scheduler, latents, prompt_embeds, negative_embeds, generator, 0, branch_at)
+    state = None
+    if getattr(sampler, "needs_items", False):
+        state = sampler.initial_state(unet, scheduler, latents, prompt_embeds, negative_embeds, generator, items,
+                                      "asyndm")
+
+    def with_state(rows) -> dict:
+        return {} if state is None else {"state": state.index(rows)}
+
+    prefix = sampler.denoise(unet, scheduler, latents, prompt_embeds, negative_embeds, generator, 0, branch_at,
+                             **({} if state is None else {"state": state}))
     family = torch.arange(latent_shape[0], device=prompt_embeds.device).repeat_interleave(num_branches)
     prefix = prefix.index(family)
     step = chunk or len(family)
     tails = [
         sampler.denoise(unet, scheduler, prefix.final[first : first + step],
-                        prefix.prompt_embeds[first : first + step], negative_embeds, generator, branch_at)
+                        prefix.prompt_embeds[first : first + step], negative_embeds, generator, branch_at,
+                        **with_state(family[first : first + step]))
         for first in range(0, len(family), step)
     ]
     return _join(prefix, Trajectory.cat(tails)), family
