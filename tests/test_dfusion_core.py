@@ -119,3 +119,11 @@ def test_fused_layers_are_mid_and_up_self_attention(tiny_model):
     assert names and all(n.endswith("attn1") and n.split(".")[0] in ("mid_block", "up_blocks") for n in names)
     assert len(names) == sum(1 for n, _ in tiny_model.unet.named_modules()
                              if n.endswith("attn1") and not n.startswith("down_blocks"))
+
+
+def test_grouped_pairs_offset_each_prompts_group():
+    from alignlab.core.pairs import grouped_pairs
+
+    rewards = torch.tensor([0.1, 0.9, 0.5, 0.3, 0.2, 0.8])  # two prompts of 3 samples
+    winners, losers = grouped_pairs(rewards, 3, best_worst_pairs)
+    assert winners.tolist() == [1, 5] and losers.tolist() == [0, 4]

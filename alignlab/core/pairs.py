@@ -28,3 +28,14 @@ def best_worst_pairs(rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
         raise ConfigError(f"preference pairs need at least 2 samples per prompt, got {n}")
     order = torch.argsort(rewards, descending=True, stable=True)
     return order[: n // 2], order.flip(0)[: n // 2]
+
+
+def grouped_pairs(rewards: torch.Tensor, group_size: int, pair) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply a pairing rule (`dfusion_pairs`, `best_worst_pairs`) to each consecutive group of
+    `group_size` samples (one prompt's) and return the pairs as indices into the whole batch."""
+    firsts, seconds = [], []
+    for start in range(0, rewards.numel(), group_size):
+        first, second = pair(rewards[start : start + group_size])
+        firsts.append(first + start)
+        seconds.append(second + start)
+    return torch.cat(firsts), torch.cat(seconds)

@@ -17,7 +17,7 @@ import torch
 
 from alignlab.core.attention import capture_layers
 from alignlab.core.fusion import KVFusion, fused_targets, self_attention_layers
-from alignlab.core.pairs import dfusion_pairs
+from alignlab.core.pairs import dfusion_pairs, grouped_pairs
 from alignlab.core.sampling import Trajectory
 from alignlab.core.token_spans import ItemBatch
 from alignlab.errors import ConfigError
@@ -60,13 +60,7 @@ class FusedPairs:
     def fuse(self, prompts, traj, rewards, images, batch_size: int):
         """Rank, pair and fuse -> (targets, their rewards, reference rows, base rows); logs the rewards
         of references, bases and targets and keeps reference | base | target triplets for the grid."""
-        n = self.samples_per_prompt
-        references, bases = [], []
-        for start in range(0, len(prompts), n):
-            ref, base = dfusion_pairs(rewards[start : start + n])
-            references.append(ref + start)
-            bases.append(base + start)
-        references, bases = torch.cat(references), torch.cat(bases)
+        references, bases = grouped_pairs(rewards, self.samples_per_prompt, dfusion_pairs)
         negative = self.model.encode_prompts([""])
         device = traj.latents.device
         targets, masks = [], []

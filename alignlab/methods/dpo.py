@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from alignlab.core.dpo import diffusion_dpo_loss, trajectory_dpo_loss
-from alignlab.core.pairs import best_worst_pairs
+from alignlab.core.pairs import best_worst_pairs, grouped_pairs
 from alignlab.core.sampling import Trajectory, guided_noise
 from alignlab.errors import ConfigError
 from alignlab.methods.base import RLMethod
@@ -80,13 +80,7 @@ class DPO(RLMethod):
 
     def make_pairs(self, prompts, traj, rewards, images) -> tuple[Trajectory, torch.Tensor, torch.Tensor]:
         """(trajectories, winner rows, loser rows); naive: best vs worst within each prompt's group."""
-        n = self.samples_per_prompt
-        winners, losers = [], []
-        for start in range(0, len(prompts), n):
-            win, lose = best_worst_pairs(rewards[start : start + n])
-            winners.append(win + start)
-            losers.append(lose + start)
-        winners, losers = torch.cat(winners), torch.cat(losers)
+        winners, losers = grouped_pairs(rewards, self.samples_per_prompt, best_worst_pairs)
         self.stats["reward_winner"].append(rewards[winners].mean().item())
         self.stats["reward_loser"].append(rewards[losers].mean().item())
         self.keep_showcase(images, prompts, rewards)
