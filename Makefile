@@ -19,6 +19,7 @@ test-slow: ## the long tests: learning runs (marked slow)
 
 bench: ## speed and memory benchmarks (ratios measured side by side)
 	$(PYTHON) -m alignlab.bench
+	$(PYTHON) -m alignlab.bench_asyndm
 
 lint: ## static checks
 	$(PYTHON) -m ruff check alignlab tests

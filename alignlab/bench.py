@@ -103,6 +103,46 @@ def run_case(name: str, batch: int, steps: int, repeats: int, latent: int) -> di
     }
 
 
+def method_cases(batch: int, steps: int, repeats: int) -> dict:
+    """B²-DiffuRL's shared-prefix saving and D-Fusion's fused-target cost on the tiny model."""
+    from alignlab.core.attention import capture_layers
+    from alignlab.core.branching import branch_sample
+    from alignlab.core.fusion import KVFusion, fused_targets, self_attention_layers
+    from alignlab.core.token_spans import Item, ItemBatch
+
+    model = build_tiny()
+    add_lora(model)
+    unet, scheduler = model.unet, model.scheduler
+    prompts = ["a red circle"] * batch
+    cond, neg = model.encode_prompts(prompts), model.encode_prompts([""])
+    sampler = DDIMSampler(num_steps=steps, guidance_scale=5.0, progress=False)
+    k, split = 5, steps // 2
+
+    def plain(rows):
+        embeds = cond[:1].expand(rows, -1, -1)
+        return sampler.sample(unet, scheduler, embeds, neg, model.latent_shape(rows), torch.Generator().manual_seed(0))
+
+    def branched():
+        branch_sample(sampler, unet, scheduler, cond, neg, model.latent_shape(batch), torch.Generator().manual_seed(0),
+                      split, k)
+
+    traj = plain(batch)
+    items = ItemBatch.build(model.tokenizer, prompts, [[Item("circle", threshold=0.0)]] * batch)
+    capture, size = capture_layers(unet, model.latent_shape(1)[-2:])
+    fusion = KVFusion(self_attention_layers(unet))
+
+    def fused():
+        replay = [torch.Generator().manual_seed(i) for i in range(batch)]
+        fused_targets(sampler, unet, scheduler, traj, traj, neg, replay, items, (0, steps), fusion, capture, size)
+
+    t = interleaved({"plain_bk": lambda: plain(batch * k), "branched": branched, "plain_b": lambda: plain(batch),
+                     "fused": fused}, repeats)
+    rows = (steps - split + k * split) / (k * steps)
+    return {"model": "tiny", "batch": batch, "steps": steps, "branches": k, "split_step": split,
+            "b2_branched_over_plain": t["branched"] / t["plain_bk"], "b2_expected_row_ratio": rows,
+            "dfusion_fused_over_plain": t["fused"] / t["plain_b"]}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="tiny,sd15")
@@ -119,11 +159,16 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name:5s} batch {batch:2d} steps {steps:3d}: rollout {row['rollout_s']:7.3f}s "
                   f"(x{row['rollout_efficiency']:.3f} of N UNet calls), update {row['update_s']:6.3f}s "
                   f"(x{row['update_efficiency']:.3f} of fwd+bwd), peak RSS {row['peak_rss_mib']:.0f} MiB")
+    methods = method_cases(4, 10, args.repeats)
+    print(f"B²-DiffuRL: branched sampling {methods['b2_branched_over_plain']:.3f}x the time of the same images "
+          f"unbranched (rows {methods['b2_expected_row_ratio']:.3f}x); D-Fusion: a fused target "
+          f"{methods['dfusion_fused_over_plain']:.3f}x an ordinary sample (goal <= 2.1)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
     out.write_text(json.dumps({"date": str(date.today()), "device": device, "threads": torch.get_num_threads(),
-                               "torch": torch.__version__, "cases": cases}, indent=2))
+                               "torch": torch.__version__, "cases": cases, "methods": methods},
+                               indent=2))
     print(f"wrote {out}")
 
 

@@ -14,6 +14,93 @@ import torch.nn.functional as F
 from alignlab.errors import ConfigError, WeightsNotFoundError
 
 
+def resize_center_crop(
+    images: torch.Tensor,
+    size: int,
+    crop: tuple[int, int],
+    interpolation: str = "bicubic",
+    offset=round,
+) -> torch.Tensor:
+    """Resize the shorter side to `size` (antialiased, longer side truncated like torchvision's
+    Resize(int) and transformers' CLIP processor), then center crop to `crop` = (height, width).
+
+    `offset` turns the fractional crop margin into an index: `round` for torchvision's CenterCrop,
+    `int` for transformers' image processors.
+    """
+    height, width = images.shape[-2:]
+    resized = (int(size * height / width), size) if width <= height else (size, int(size * width / height))
+    images = F.interpolate(images, size=resized, mode=interpolation, align_corners=False, antialias=True)
+    top, left = int(offset((resized[0] - crop[0]) / 2)), int(offset((resized[1] - crop[1]) / 2))
+    return images[..., top : top + crop[0], left : left + crop[1]]
+
+
+class OpenClip:
+    """An OpenCLIP model with open_clip's eval transform done on tensors.
+
+    Shared by the rewards built on OpenCLIP; `model_key` and `pretrained_key` are the config keys
+    that the error messages tell the user to set.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        pretrained: str | None,
+        device: torch.device,
+        model_key: str = "reward.model_name",
+        pretrained_key: str = "reward.pretrained",
+    ):
+        import open_clip  # importing open_clip takes seconds; only pay for it when the reward is used
+
+        if model_name not in open_clip.list_models():
+            raise ConfigError(
+                f"{model_key}={model_name!r} is not an open_clip model; pick one of open_clip.list_models()."
+            )
+        is_tag = pretrained is not None and open_clip.is_pretrained_cfg(model_name, pretrained)
+        if pretrained is not None and not is_tag and not os.path.isfile(pretrained):
+            raise WeightsNotFoundError(
+                f"CLIP weights {pretrained!r} for {model_name} are neither an open_clip "
+                f"pretrained tag nor an existing file; pass {pretrained_key}=/path/to/checkpoint."
+            )
+        self.device = device
+        try:
+            model = open_clip.create_model(model_name, pretrained=pretrained, device=device)
+        except RuntimeError as error:  # open_clip wraps every download failure in a RuntimeError
+            if not is_tag:
+                raise
+            raise WeightsNotFoundError(
+                f"Could not download the {pretrained!r} weights of CLIP model {model_name} "
+                f"(offline?); pass {pretrained_key}=/path/to/checkpoint."
+            ) from error
+
+        cfg = model.visual.preprocess_cfg
+        height, width = (cfg["size"], cfg["size"]) if isinstance(cfg["size"], int) else cfg["size"]
+        if cfg["resize_mode"] != "shortest" or height != width:
+            raise ConfigError(
+                f"{model_key}={model_name!r} needs {cfg['resize_mode']!r} resizing to "
+                f"{height}x{width}, but only square 'shortest' resizing is implemented."
+            )
+        self.image_size = height
+        self.interpolation = "bilinear" if cfg["interpolation"] == "bilinear" else "bicubic"
+        self.mean = torch.tensor(cfg["mean"], device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(cfg["std"], device=device).view(1, 3, 1, 1)
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+        self.model = model.eval()
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """open_clip's eval transform on tensors: resize the shorter side, center crop, normalise."""
+        size = self.image_size
+        images = resize_center_crop(images, size, (size, size), self.interpolation, offset=round)
+        return (images - self.mean) / self.std
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised image embeddings of images in [0, 1]."""
+        return self.model.encode_image(self.preprocess(images.to(self.device, torch.float32)), normalize=True)
+
+    def encode_texts(self, prompts: list[str]) -> torch.Tensor:
+        """L2-normalised text embeddings."""
+        return self.model.encode_text(self.tokenizer(prompts).to(self.device), normalize=True)
+
+
 class ClipScore:
     """Cosine similarity between each image and its prompt under an OpenCLIP model."""
 
@@ -30,71 +117,21 @@ class ClipScore:
         self.pretrained = pretrained  # an open_clip pretrained tag or a checkpoint file; None: random
         self.batch_size = batch_size
         self.device = device
-        self._model = None
+        self._clip: OpenClip | None = None
 
     def _load(self, default_device: torch.device) -> None:
-        import open_clip  # importing open_clip takes seconds; only pay for it when the reward is used
-
-        if self.model_name not in open_clip.list_models():
-            raise ConfigError(
-                f"reward.model_name={self.model_name!r} is not an open_clip model; "
-                "pick one of open_clip.list_models()."
-            )
-        is_tag = self.pretrained is not None and open_clip.is_pretrained_cfg(self.model_name, self.pretrained)
-        if self.pretrained is not None and not is_tag and not os.path.isfile(self.pretrained):
-            raise WeightsNotFoundError(
-                f"CLIP weights {self.pretrained!r} for {self.model_name} are neither an open_clip "
-                "pretrained tag nor an existing file; pass reward.pretrained=/path/to/checkpoint."
-            )
-        self._device = torch.device(self.device) if self.device else default_device
-        try:
-            model = open_clip.create_model(self.model_name, pretrained=self.pretrained, device=self._device)
-        except RuntimeError as error:  # open_clip wraps every download failure in a RuntimeError
-            if not is_tag:
-                raise
-            raise WeightsNotFoundError(
-                f"Could not download the {self.pretrained!r} weights of CLIP model {self.model_name} "
-                "(offline?); pass reward.pretrained=/path/to/checkpoint."
-            ) from error
-
-        cfg = model.visual.preprocess_cfg
-        height, width = (cfg["size"], cfg["size"]) if isinstance(cfg["size"], int) else cfg["size"]
-        if cfg["resize_mode"] != "shortest" or height != width:
-            raise ConfigError(
-                f"reward.model_name={self.model_name!r} needs {cfg['resize_mode']!r} resizing to "
-                f"{height}x{width}, but ClipScore only implements square 'shortest' resizing."
-            )
-        self._image_size = height
-        self._interpolation = "bilinear" if cfg["interpolation"] == "bilinear" else "bicubic"
-        self._mean = torch.tensor(cfg["mean"], device=self._device).view(1, 3, 1, 1)
-        self._std = torch.tensor(cfg["std"], device=self._device).view(1, 3, 1, 1)
-        self._tokenizer = open_clip.get_tokenizer(self.model_name)
-        self._model = model.eval()
-
-    def _preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """open_clip's eval transform on tensors: resize the shorter side, center crop, normalise."""
-        size = self._image_size
-        height, width = images.shape[-2:]
-        # torchvision's Resize(int) truncates the longer side; match it exactly.
-        resized = (int(size * height / width), size) if width <= height else (size, int(size * width / height))
-        images = F.interpolate(
-            images, size=resized, mode=self._interpolation, align_corners=False, antialias=True
-        )
-        top, left = round((resized[0] - size) / 2), round((resized[1] - size) / 2)
-        images = images[..., top : top + size, left : left + size]
-        return (images - self._mean) / self._std
+        device = torch.device(self.device) if self.device else default_device
+        self._clip = OpenClip(self.model_name, self.pretrained, device)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         if len(prompts) != len(images):
             raise ValueError(f"Got {len(images)} images but {len(prompts)} prompts.")
-        if self._model is None:
+        if self._clip is None:
             self._load(images.device)
         scores = []
         for start in range(0, len(prompts), self.batch_size):
-            chunk = images[start : start + self.batch_size].to(self._device, torch.float32)
-            tokens = self._tokenizer(prompts[start : start + self.batch_size]).to(self._device)
-            image_features = self._model.encode_image(self._preprocess(chunk), normalize=True)
-            text_features = self._model.encode_text(tokens, normalize=True)
+            image_features = self._clip.encode_images(images[start : start + self.batch_size])
+            text_features = self._clip.encode_texts(prompts[start : start + self.batch_size])
             scores.append((image_features * text_features).sum(dim=-1))
         return torch.cat(scores).float().to(images.device)
