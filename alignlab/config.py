@@ -94,7 +94,10 @@ class DFusionConfig(DPOConfig):
 
 @dataclass
 class B2DiffuRLConfig:
-    _target_: str = "alignlab.methods.b2diffurl.B2DiffuRL"
+    _target_: str = "alignlab.methods.b2diffurl.b2diffurl"
+    algo: str = "ddpo"  # ddpo (the paper) | dpo (kept best/worst siblings as preference pairs)
+    beta: float = 0.1  # algo=dpo only: DPO temperature
+    dpo_clip_eps: Optional[float] = 0.1  # algo=dpo only: per-side log-ratio clip
     sample_batch_size: int = 8  # prompts (branch families) per batch
     num_batches_per_round: int = 32
     num_branches: int = 5
@@ -129,10 +132,21 @@ class AsynDMConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Held-out evaluation during training (alignlab/eval): fixed seeds, the same prompts every time."""
+    every: int = 0  # 0: off; N: after every N-th round and after the last
+    samples_per_prompt: int = 2
+    max_prompts: int = 8  # the first n prompts of the split
+    split: str = "test"  # test | train (an empty test split falls back to train)
+    batch_size: int = 8
+
+
+@dataclass
 class RootConfig:
     seed: int = 0
     resume: bool = True  # continue from <run dir>/checkpoints/last.ckpt when it exists
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     model: Any = None
     sampler: Any = None
     reward: Any = None

@@ -345,3 +345,25 @@ def test_b2diffurl_with_the_asynchronous_sampler_end_to_end(tmp_path):
     train(compose_config(tmp_path, [*overrides, "trainer.max_epochs=1", "sampler=asyn", "prompts=asyn_animals"]))
     row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert row["samples_per_round"] == 6.0 and row["split_step"] == 1.0
+
+
+def test_b2diffurl_with_dpo_pairs_siblings(tmp_path):
+    """algo=dpo: each family whose best and worst siblings pass the thresholds is one preference pair;
+    the first round starts at policy == reference, so its DPO loss is log 2."""
+    overrides = [o for o in E2E if not o.startswith("method.gradient_accumulation_steps")]
+    train(compose_config(tmp_path, [*overrides, "trainer.max_epochs=2", "method.algo=dpo",
+                                    "method.pos_threshold=-10", "method.neg_threshold=10"]))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["pairs"] for r in rows] == [2.0, 2.0]  # 2 families; these thresholds let every family pair
+    assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-3)
+    assert rows[0]["reward_winner"] > rows[0]["reward_loser"]
+    for key in ("dpo_accuracy", "dpo_margin", "grad_norm", "split_step"):
+        assert key in rows[1], key
+
+
+def test_b2diffurl_rejects_an_unknown_algo(tmp_path):
+    from hydra.errors import InstantiationException
+
+    with pytest.raises(InstantiationException) as info:
+        train(compose_config(tmp_path, [*E2E, "method.algo=sac"]))
+    assert "method.algo" in str(info.value.__cause__)

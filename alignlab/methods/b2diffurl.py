@@ -11,6 +11,7 @@ from alignlab.core.branching import branch_sample
 from alignlab.core.stages import StageZScores, select_siblings, split_step
 from alignlab.errors import ConfigError
 from alignlab.methods.ddpo import DDPO
+from alignlab.methods.dpo import DPO
 
 
 class B2DiffuRL(DDPO):
@@ -123,3 +124,65 @@ class B2DiffuRL(DDPO):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         self.zscores.load_state_dict(checkpoint["zscore_history"])
+
+
+class B2DiffuRLDPO(B2DiffuRL):
+    """B²-DiffuRL's branching and selection with a preference loss: in each family whose best AND worst
+    siblings pass the thresholds, the two share their prefix and differ only on the branched steps —
+    a natural preference pair. Trained with D-Fusion's trajectory DPO on the branched interval, against
+    the frozen reference (DPO's own update code, not a copy)."""
+
+    trajectory_update = DPO.trajectory_update
+    reference_log_probs = DPO.reference_log_probs
+    record = DPO.record
+
+    def __init__(self, *args, beta: float = 0.1, dpo_clip_eps: float | None = 0.1, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.beta, self.clip_eps = beta, dpo_clip_eps
+
+    def micro_batches_per_round(self) -> int:
+        """The bound: one pair per family."""
+        return self.num_inner_epochs * math.ceil(self.samples_per_round / self.train_batch_size)
+
+    def start_round(self) -> list[dict]:
+        k = self.num_branches
+        prompts = [p for p in self.prompts.sample(self.samples_per_round, self.generator(0)) for _ in range(k)]
+        traj, rewards, images = self.rollout(prompts, self.sample_batch_size * k, self.generator(2))
+        z = self.zscores.update(prompts, rewards).view(-1, k)
+        families = torch.arange(z.shape[0])
+        best, worst = z.argmax(dim=1), z.argmin(dim=1)
+        paired = (z[families, best] >= self.pos_threshold) & (z[families, worst] < self.neg_threshold)
+        winners, losers = (families * k + best)[paired], (families * k + worst)[paired]
+        rows = torch.cat([winners, losers])
+        kept = traj.index(rows.to(traj.latents.device))
+        batches = self.micro_batches(len(winners), self.generator(1)) if len(winners) else []
+        for batch in batches:
+            batch["pairs"] = batch.pop("rows")
+        pairs = torch.arange(len(winners), device=self.device)
+        self.buffer = {"traj": kept, "winners": pairs, "losers": pairs + len(winners),
+                       "ref_log_probs": self.reference_log_probs(kept) if len(winners) else None,
+                       "negative": self.model.encode_prompts([""]), "micro_batches": len(batches)}
+        self.log_rollout(images, prompts, rewards)
+        self.stats["split_step"].append(float(self.split_step))
+        self.stats["pairs"].append(float(len(winners)))
+        if len(winners):
+            self.stats["reward_winner"].append(rewards[winners].mean().item())
+            self.stats["reward_loser"].append(rewards[losers].mean().item())
+        return batches
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        pairs = batch["pairs"]
+        self.trajectory_update(self.buffer["winners"][pairs], self.buffer["losers"][pairs], batch["steps"])
+        self.after_micro_batch(batch_idx)
+
+
+def b2diffurl(algo: str = "ddpo", **kwargs):
+    """`method=b2diffurl`: the paper's PPO-clip update, or with `method.algo=dpo` the preference one.
+    The DPO-only keys (beta, dpo_clip_eps) are ignored by the paper's variant."""
+    if algo == "ddpo":
+        kwargs.pop("beta", None)
+        kwargs.pop("dpo_clip_eps", None)
+        return B2DiffuRL(**kwargs)
+    if algo == "dpo":
+        return B2DiffuRLDPO(**kwargs)
+    raise ConfigError(f"method.algo must be ddpo or dpo, got {algo!r}")
