@@ -26,16 +26,14 @@ log = logging.getLogger("alignlab")
 register_schemas()
 
 
-def build(cfg: DictConfig, run_dir: Path):
-    """Instantiate every component; all validation happens here, before anything is written."""
-    import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
+def build_model(cfg: DictConfig, finetune: bool = True):
+    """The configured model with its fine-tuning set up (LoRA added, or the UNet unfrozen);
+    `finetune=False`: the base model as configured."""
     from alignlab.models import add_lora
-    from alignlab.training.callbacks import ExportWeights, RoundRecorder
 
-    L.seed_everything(cfg.seed, verbose=False)  # LoRA init; rollouts use their own per-round generators
     model = instantiate(cfg.model)
+    if not finetune:
+        return model
     tune = cfg.finetune
     if tune.mode == "lora":
         add_lora(model, tune.rank, tune.alpha, tune.init, list(tune.target_modules))
@@ -43,11 +41,25 @@ def build(cfg: DictConfig, run_dir: Path):
         model.unet.requires_grad_(True)
     else:
         raise ConfigError(f"finetune.mode must be lora or full, got {tune.mode!r}")
+    return model
+
+
+def build(cfg: DictConfig, run_dir: Path):
+    """Instantiate every component; all validation happens here, before anything is written."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from alignlab.eval.callback import EvalCallback
+    from alignlab.training.callbacks import ExportWeights, RoundRecorder
+
+    L.seed_everything(cfg.seed, verbose=False)  # LoRA init; rollouts use their own per-round generators
+    model = build_model(cfg)
     method = instantiate(
         cfg.method, model=model, sampler=instantiate(cfg.sampler), reward=instantiate(cfg.reward),
         optimizer=instantiate(cfg.optimizer), prompts=instantiate(cfg.prompts), seed=cfg.seed,
     )
     callbacks = [
+        EvalCallback(run_dir, **cfg.eval),  # before RoundRecorder: it adds eval/* to the round's row
         RoundRecorder(run_dir),
         ExportWeights(run_dir),
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="round-{epoch:04d}", save_last=True,
