@@ -1,7 +1,6 @@
 """Rewards: JPEG sizes match PIL, and ClipScore matches open_clip on a tiny random model."""
 
 import io
-import json
 import time
 
 import numpy as np
@@ -13,6 +12,7 @@ import alignlab  # noqa: F401  (before open_clip: repairs the torchvision import
 import open_clip
 from open_clip.transform import PreprocessCfg, image_transform_v2
 
+from tests.tiny_clip import save_random_open_clip
 from alignlab.errors import ConfigError, WeightsNotFoundError
 from alignlab.rewards import ClipScore, JpegCompressibility, JpegIncompressibility
 
@@ -66,15 +66,7 @@ def test_jpeg_rewards_shape_sign_and_batch_independence():
 @pytest.fixture(scope="module")
 def tiny_clip_checkpoint(tmp_path_factory):
     """Register a tiny open_clip config and save random weights for it; return the checkpoint path."""
-    directory = tmp_path_factory.mktemp("tiny_clip")
-    config_path = directory / f"{TINY_CLIP}.json"  # open_clip names the model after the file stem
-    config_path.write_text(json.dumps(TINY_CLIP_CONFIG))
-    open_clip.add_model_config(config_path)
-    torch.manual_seed(0)
-    model = open_clip.create_model(TINY_CLIP, pretrained=None)
-    checkpoint = directory / "open_clip_pytorch_model.bin"
-    torch.save(model.state_dict(), checkpoint)
-    return str(checkpoint)
+    return save_random_open_clip(tmp_path_factory.mktemp("tiny_clip"), TINY_CLIP, TINY_CLIP_CONFIG)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """Aesthetic, PickScore, HPS v2 and multi rewards on tiny random models saved in their real formats."""
 
-import json
 
 import pytest
 import torch
@@ -8,8 +7,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import alignlab  # noqa: F401  (before open_clip / transformers: repairs the torchvision import on CPU torch)
-import open_clip
 
+from tests.tiny_clip import save_random_open_clip
 from alignlab.errors import ConfigError, WeightsNotFoundError
 from alignlab.rewards import (
     AestheticScore,
@@ -51,15 +50,7 @@ def check_batch_independent_and_deterministic(make_reward, images, prompts):
 
 @pytest.fixture(scope="module")
 def tiny_clip_checkpoint(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tiny_clip_768")
-    config_path = directory / f"{TINY_CLIP}.json"  # open_clip names the model after the file stem
-    config_path.write_text(json.dumps(TINY_CLIP_CONFIG))
-    open_clip.add_model_config(config_path)
-    torch.manual_seed(0)
-    model = open_clip.create_model(TINY_CLIP, pretrained=None)
-    checkpoint = directory / "open_clip_pytorch_model.bin"
-    torch.save(model.state_dict(), checkpoint)
-    return str(checkpoint)
+    return save_random_open_clip(tmp_path_factory.mktemp("tiny_clip_768"), TINY_CLIP, TINY_CLIP_CONFIG)
 
 
 # --- aesthetic --------------------------------------------------------------------------------------
