@@ -97,3 +97,40 @@ def test_bad_input_is_one_clear_line_and_keeps_the_run(overrides, expected, tmp_
     assert "Traceback" not in result.stderr
     assert (run_dir / "metrics.jsonl").read_text() == '{"round": 0, "reward_mean": 1.0}\n'
     assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == b"earlier work"
+
+
+def test_non_finite_reward_drops_the_sample(tmp_path, monkeypatch):
+    from alignlab.rewards import JpegCompressibility
+
+    original = JpegCompressibility.__call__
+
+    def one_nan(self, images, prompts):
+        rewards = original(self, images, prompts)
+        rewards[0] = float("nan")
+        return rewards
+
+    monkeypatch.setattr(JpegCompressibility, "__call__", one_nan)
+    with pytest.warns(UserWarning, match="non-finite reward"):
+        rows = run_inprocess(tmp_path, "trainer.max_epochs=1", "logger=none")
+    assert rows[0]["nonfinite_rewards"] == 1.0
+    assert rows[0]["samples_per_round"] == 3.0  # 4 sampled, 1 dropped
+    assert rows[0]["reward_mean"] == rows[0]["reward_mean"]  # finite
+
+
+def test_non_finite_loss_stops_with_the_last_checkpoint_intact(tmp_path, monkeypatch):
+    from alignlab.errors import AlignlabError
+    from alignlab.methods import ddpo
+
+    run_inprocess(tmp_path, "trainer.max_epochs=1", "logger=none")
+    before = (tmp_path / "checkpoints" / "last.ckpt").read_bytes()
+    original = ddpo.ppo_clip_loss
+
+    def nan_loss(*args, **kwargs):
+        stats = original(*args, **kwargs)
+        stats.loss = stats.loss * float("nan")
+        return stats
+
+    monkeypatch.setattr(ddpo, "ppo_clip_loss", nan_loss)
+    with pytest.raises(AlignlabError, match="non-finite gradient in round 1"):
+        run_inprocess(tmp_path, "trainer.max_epochs=2", "logger=none")
+    assert (tmp_path / "checkpoints" / "last.ckpt").read_bytes() == before

@@ -81,10 +81,6 @@ class B2DiffuRL(DDPO):
         """The bound, with both siblings of every family kept: Lightning plans every epoch with it."""
         return self.num_inner_epochs * math.ceil(2 * self.samples_per_round / self.train_batch_size)
 
-    def round_length(self) -> int:
-        """This round's own count: only the selected siblings train."""
-        return self.buffer["micro_batches"]
-
     def sample_batch(self, prompts: list[str], negative: torch.Tensor, generator: torch.Generator):
         """`prompts` repeats each family's prompt K times in a row: one prefix per family, then K branches."""
         model, k = self.model, self.num_branches

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections import defaultdict
 
 import lightning as L
@@ -12,6 +13,7 @@ from tqdm.auto import tqdm
 
 from alignlab.core.sampling import Trajectory
 from alignlab.core.token_spans import ItemBatch
+from alignlab.errors import AlignlabError
 from alignlab.methods.rounds import round_loader
 from alignlab.models import trainable_parameters
 
@@ -66,6 +68,10 @@ class RLMethod(L.LightningModule):
             parts.append(traj)
             images.append(decoded.cpu())
         self.stats["time_rollout"].append(time.perf_counter() - start)
+        bad = int((~torch.isfinite(torch.cat(rewards))).sum())
+        if bad:
+            warnings.warn(f"round {self.round_index}: {bad} non-finite reward(s)", stacklevel=2)
+        self.stats["nonfinite_rewards"].append(float(bad))
         return Trajectory.cat(parts), torch.cat(rewards), torch.cat(images)
 
     def sample_batch(self, prompts: list[str], negative: torch.Tensor, generator: torch.Generator) -> Trajectory:
@@ -113,6 +119,10 @@ class RLMethod(L.LightningModule):
         if scaler is not None:  # fp16 mixed precision: clip the true gradients, not the scaled ones
             scaler.unscale_(optimizer.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(trainable_parameters(self.model), self.max_grad_norm)
+        if scaler is None and not torch.isfinite(norm):  # (a GradScaler skips such steps by design)
+            raise AlignlabError(
+                f"non-finite gradient in round {self.round_index} (a NaN/inf reward or loss?): stopped before the "
+                "update; the last good checkpoint is checkpoints/last.ckpt")
         self.stats["grad_norm"].append(norm.item())
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -71,16 +71,26 @@ class DDPO(RLMethod):
     def micro_batches_per_round(self) -> int:
         return self.num_inner_epochs * math.ceil(self.samples_per_round / self.train_batch_size)
 
+    def round_length(self) -> int:
+        """This round's own count (fewer than planned when samples were dropped)."""
+        return self.buffer["micro_batches"]
+
     def advantages(self, prompts: list[str], rewards: torch.Tensor) -> torch.Tensor:
         return self.tracker.update(prompts, rewards) if self.tracker else batch_zscore(rewards)
 
     def start_round(self) -> list[dict]:
         prompts = self.prompts.sample(self.samples_per_round, self.generator(0))
         traj, rewards, images = self.rollout(prompts, self.sample_batch_size, self.generator(2))
+        keep = torch.isfinite(rewards)  # a sample whose reward is NaN/inf is dropped (counted by rollout)
+        if not bool(keep.all()):
+            rows = keep.nonzero()[:, 0]
+            traj, rewards, images = traj.index(rows.to(traj.latents.device)), rewards[rows], images[rows.cpu()]
+            prompts = [prompts[i] for i in rows.tolist()]
+        batches = self.micro_batches(len(prompts), self.generator(1))
         self.buffer = {"traj": traj, "advantages": self.advantages(prompts, rewards),
-                       "negative": self.model.encode_prompts([""])}
+                       "negative": self.model.encode_prompts([""]), "micro_batches": len(batches)}
         self.log_rollout(images, prompts, rewards)
-        return self.micro_batches(len(prompts), self.generator(1))
+        return batches
 
     def log_rollout(self, images: torch.Tensor, prompts: list[str], rewards: torch.Tensor) -> None:
         """The round's sample grid and reward statistics."""

@@ -141,11 +141,12 @@ class DFusionDDPO(FusedPairs, DDPO):
         showcase = self.showcase
         prompts = prompts + [prompts[i] for i in bases]
         rewards = torch.cat([rewards, target_rewards])
+        batches = self.micro_batches(len(prompts), self.generator(1))
         self.buffer = {"traj": Trajectory.cat([traj, target]), "advantages": self.advantages(prompts, rewards),
-                       "negative": self.model.encode_prompts([""])}
+                       "negative": self.model.encode_prompts([""]), "micro_batches": len(batches)}
         self.log_rollout(images, prompts, rewards)
         self.showcase = showcase  # the triplets, not the plain samples
-        return self.micro_batches(len(prompts), self.generator(1))
+        return batches
 
     @torch.no_grad()
     def policy_log_probs(self, traj: Trajectory) -> torch.Tensor:
