@@ -71,7 +71,8 @@ def build(cfg: DictConfig, run_dir: Path):
 
 
 def train(cfg: DictConfig) -> float:
-    """Run (or resume) the configured method; returns the last round's mean reward (for sweepers)."""
+    """Run (or resume) the configured method; returns the last round's held-out reward when evaluation
+    ran (`eval/reward_mean`), else its train reward — the value a Hydra sweeper optimises."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     method, trainer = build(cfg, run_dir)
     if getattr(method, "evaluation_only", False):  # e.g. method=asyndm: nothing to train or resume
@@ -82,7 +83,15 @@ def train(cfg: DictConfig) -> float:
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
     trainer.fit(method, ckpt_path=ckpt_path)
-    return float(trainer.callback_metrics.get("reward_mean", float("nan")))
+    return final_reward(run_dir)
+
+
+def final_reward(run_dir: Path) -> float:
+    from alignlab.training.artifacts import read_metrics
+
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    last = rows[-1] if rows else {}
+    return float(last.get("eval/reward_mean", last.get("reward_mean", float("nan"))))
 
 
 def one_line(message: str) -> str:

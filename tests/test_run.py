@@ -134,3 +134,9 @@ def test_non_finite_loss_stops_with_the_last_checkpoint_intact(tmp_path, monkeyp
     with pytest.raises(AlignlabError, match="non-finite gradient in round 1"):
         run_inprocess(tmp_path, "trainer.max_epochs=2", "logger=none")
     assert (tmp_path / "checkpoints" / "last.ckpt").read_bytes() == before
+
+
+def test_train_returns_the_last_rounds_reward_for_sweepers(tmp_path):
+    value = train(compose_config(tmp_path, [*FAST, "trainer.max_epochs=1", "logger=none"]))
+    last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert value == last["reward_mean"]
