@@ -13,6 +13,7 @@ import os
 import torch
 from torch import nn
 
+from alignlab.rewards.chunked import ChunkedReward
 from alignlab.errors import ConfigError, WeightsNotFoundError
 from alignlab.rewards.clip import OpenClip
 
@@ -63,7 +64,7 @@ def load_aesthetic_head(path: str | None) -> nn.Sequential:
     return head.float().eval()
 
 
-class AestheticScore:
+class AestheticScore(ChunkedReward):
     """The LAION aesthetic predictor's score (about 1-10) of each image; prompts are ignored."""
 
     name = "aesthetic"
@@ -84,9 +85,8 @@ class AestheticScore:
         self._clip: OpenClip | None = None
         self._head: nn.Sequential | None = None
 
-    def _load(self, default_device: torch.device) -> None:
+    def _load(self, device: torch.device) -> None:
         head = load_aesthetic_head(self.head_path)  # the cheap check first
-        device = torch.device(self.device) if self.device else default_device
         clip = OpenClip(
             self.clip_model,
             self.clip_pretrained,
@@ -101,14 +101,5 @@ class AestheticScore:
             )
         self._head, self._clip = head.to(device), clip
 
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        if len(prompts) != len(images):
-            raise ValueError(f"Got {len(images)} images but {len(prompts)} prompts.")
-        if self._clip is None:
-            self._load(images.device)
-        scores = [
-            self._head(self._clip.encode_images(images[start : start + self.batch_size]).float()).squeeze(-1)
-            for start in range(0, len(images), self.batch_size)
-        ]
-        return torch.cat(scores).float().to(images.device)
+    def _score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        return self._head(self._clip.encode_images(images).float()).squeeze(-1)

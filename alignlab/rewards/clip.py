@@ -11,6 +11,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from alignlab.rewards.chunked import ChunkedReward
 from alignlab.errors import ConfigError, WeightsNotFoundError
 
 
@@ -101,7 +102,7 @@ class OpenClip:
         return self.model.encode_text(self.tokenizer(prompts).to(self.device), normalize=True)
 
 
-class ClipScore:
+class ClipScore(ChunkedReward):
     """Cosine similarity between each image and its prompt under an OpenCLIP model."""
 
     name = "clip"
@@ -119,19 +120,8 @@ class ClipScore:
         self.device = device
         self._clip: OpenClip | None = None
 
-    def _load(self, default_device: torch.device) -> None:
-        device = torch.device(self.device) if self.device else default_device
+    def _load(self, device: torch.device) -> None:
         self._clip = OpenClip(self.model_name, self.pretrained, device)
 
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        if len(prompts) != len(images):
-            raise ValueError(f"Got {len(images)} images but {len(prompts)} prompts.")
-        if self._clip is None:
-            self._load(images.device)
-        scores = []
-        for start in range(0, len(prompts), self.batch_size):
-            image_features = self._clip.encode_images(images[start : start + self.batch_size])
-            text_features = self._clip.encode_texts(prompts[start : start + self.batch_size])
-            scores.append((image_features * text_features).sum(dim=-1))
-        return torch.cat(scores).float().to(images.device)
+    def _score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        return (self._clip.encode_images(images) * self._clip.encode_texts(prompts)).sum(dim=-1)

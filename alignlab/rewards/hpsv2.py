@@ -28,9 +28,9 @@ class HPSv2(ClipScore):
     ):
         super().__init__(model_name=model_name, pretrained=pretrained, batch_size=batch_size, device=device)
 
-    def _load(self, default_device: torch.device) -> None:
+    def _load(self, device: torch.device) -> None:
         if self.pretrained is None:  # for ClipScore None means random weights; here it is a mistake
             raise WeightsNotFoundError(
                 "The hpsv2 reward needs the HPS v2 checkpoint; pass reward.pretrained=/path/to/HPS_v2.1_compressed.pt."
             )
-        super()._load(default_device)
+        super()._load(device)

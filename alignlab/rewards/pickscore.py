@@ -14,6 +14,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from alignlab.rewards.chunked import ChunkedReward
 from alignlab.errors import WeightsNotFoundError
 from alignlab.rewards.clip import resize_center_crop
 
@@ -23,7 +24,7 @@ OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class PickScore:
+class PickScore(ChunkedReward):
     """PickScore of each image for its prompt (about 18-23 for real images)."""
 
     name = "pickscore"
@@ -68,10 +69,10 @@ class PickScore:
         self._mean = torch.tensor(mean, dtype=torch.float32, device=self._device).view(1, 3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32, device=self._device).view(1, 3, 1, 1)
 
-    def _load(self, default_device: torch.device) -> None:
+    def _load(self, device: torch.device) -> None:
         from transformers import CLIPModel
 
-        self._device = torch.device(self.device) if self.device else default_device
+        self._device = device
         try:
             model = CLIPModel.from_pretrained(self.model, dtype=torch.float32)
         except OSError as error:  # transformers reports missing files and failed downloads as OSError
@@ -86,26 +87,13 @@ class PickScore:
         images = resize_center_crop(images, self._size, self._crop, "bicubic", offset=int)
         return (images - self._mean) / self._std
 
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        if len(prompts) != len(images):
-            raise ValueError(f"Got {len(images)} images but {len(prompts)} prompts.")
-        if self._model is None:
-            self._load(images.device)
-        scores = []
-        for start in range(0, len(prompts), self.batch_size):
-            chunk = images[start : start + self.batch_size].to(self._device, torch.float32)
-            text = self._tokenizer(
-                prompts[start : start + self.batch_size],
-                padding=True,
-                truncation=True,
-                max_length=77,
-                return_tensors="pt",
-            ).to(self._device)
-            image_features = self._model.get_image_features(pixel_values=self._preprocess(chunk)).pooler_output
-            text_features = self._model.get_text_features(
-                input_ids=text["input_ids"], attention_mask=text["attention_mask"]
-            ).pooler_output
-            cosine = (F.normalize(image_features, dim=-1) * F.normalize(text_features, dim=-1)).sum(dim=-1)
-            scores.append(self._model.logit_scale.exp() * cosine)
-        return torch.cat(scores).float().to(images.device)
+    def _score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        text = self._tokenizer(prompts, padding=True, truncation=True, max_length=77, return_tensors="pt")
+        text = text.to(self._device)
+        pixels = self._preprocess(images.to(self._device, torch.float32))
+        image_features = self._model.get_image_features(pixel_values=pixels).pooler_output
+        text_features = self._model.get_text_features(
+            input_ids=text["input_ids"], attention_mask=text["attention_mask"]
+        ).pooler_output
+        cosine = (F.normalize(image_features, dim=-1) * F.normalize(text_features, dim=-1)).sum(dim=-1)
+        return self._model.logit_scale.exp() * cosine

@@ -1,0 +1,25 @@
+"""What the model-based rewards share: load on first call, score in chunks of `batch_size`."""
+
+from __future__ import annotations
+
+import torch
+
+
+class ChunkedReward:
+    """Subclasses set `batch_size` and `device` (None: the images' device) and implement
+    `_load(device)` (weights are read only when first needed, so composing configs stays cheap) and
+    `_score(images, prompts)` for one chunk."""
+
+    _loaded = False
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        if len(prompts) != len(images):
+            raise ValueError(f"Got {len(images)} images but {len(prompts)} prompts.")
+        if not self._loaded:
+            self._load(torch.device(self.device) if self.device else images.device)
+            self._loaded = True
+        size = self.batch_size
+        scores = [self._score(images[start : start + size], prompts[start : start + size])
+                  for start in range(0, len(images), size)]
+        return torch.cat(scores).float().to(images.device)
