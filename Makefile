@@ -2,7 +2,7 @@
 PYTHON ?= python
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: help install test test-slow bench lint clean
+.PHONY: help install test test-slow bench world lint clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -21,8 +21,11 @@ bench: ## speed and memory benchmarks (ratios measured side by side)
 	$(PYTHON) -m alignlab.bench
 	$(PYTHON) -m alignlab.bench_asyndm
 
+world: ## retrain the shapes world (CLIP, text-to-image model, report) into world_build/ and install its weights
+	$(PYTHON) -m alignlab.world.build --out world_build --install
+
 lint: ## static checks
 	$(PYTHON) -m ruff check alignlab tests
 
 clean: ## remove run outputs
-	rm -rf outputs multirun .pytest_cache
+	rm -rf outputs multirun .pytest_cache  # world_build/ holds resumable world checkpoints: remove it by hand

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 
 @dataclass
@@ -157,7 +158,21 @@ class RootConfig:
     logger: Any = None
 
 
+WORLD_MODEL = "alignlab.world.build_world"
+
+
+def default_clip(model_target: str, key: str) -> str:
+    """reward=clip's model: the world CLIP on the world model, OpenCLIP ViT-H-14 (LAION-2B) otherwise."""
+    if model_target == WORLD_MODEL:
+        from alignlab.world.clip import CHECKPOINT, NAME
+
+        return {"model_name": NAME, "pretrained": str(CHECKPOINT)}[key]
+    return {"model_name": "ViT-H-14", "pretrained": "laion2b_s32b_b79k"}[key]
+
+
 def register_schemas() -> None:
+    if not OmegaConf.has_resolver("default_clip"):
+        OmegaConf.register_new_resolver("default_clip", default_clip)
     cs = ConfigStore.instance()
     cs.store(name="root_schema", node=RootConfig)
     cs.store(group="schema/sampler", name="ddim", node=SamplerConfig)

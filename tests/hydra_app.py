@@ -12,6 +12,8 @@ from omegaconf import DictConfig, open_dict
 from alignlab.run import CONF_DIR
 
 FAST = [
+    "model=tiny",
+    "reward=jpeg_compressibility",
     "sampler.num_steps=3",
     "sampler.progress=false",
     "method.sample_batch_size=4",

@@ -15,7 +15,8 @@ QUICK = ["logger=none", "sampler.num_steps=4", "sampler.progress=false", "traine
 
 
 def test_asyndm_evaluation_writes_its_table_grids_and_maps(tmp_path):
-    cfg = compose_config(tmp_path, ["method=asyndm", *QUICK, "method.num_prompts=3", "method.images_per_prompt=2",
+    cfg = compose_config(tmp_path, ["method=asyndm", "prompts=asyn_animals", *QUICK, "method.num_prompts=3",
+                                    "method.images_per_prompt=2",
                                     "method.batch_size=4", "method.mask_steps=2"])
     assert cfg.sampler._target_.endswith("AsynSampler") and cfg.prompts.name == "asyn_animals"
     value = train(cfg)

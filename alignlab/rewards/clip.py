@@ -52,6 +52,9 @@ class OpenClip:
     ):
         import open_clip  # importing open_clip takes seconds; only pay for it when the reward is used
 
+        from alignlab.world.clip import register
+
+        register()  # alignlab's own architecture (the world CLIP) joins open_clip's list
         if model_name not in open_clip.list_models():
             raise ConfigError(
                 f"{model_key}={model_name!r} is not an open_clip model; pick one of open_clip.list_models()."

@@ -1,0 +1,42 @@
+"""Rebuild the shapes world from scratch: world CLIP, world text-to-image model, report.
+
+    python -m alignlab.world.build [--out world_build] [--install]     (= make world)
+
+Seeded and resumable: rerun the same command after an interruption and each stage continues from
+its last checkpoint (finished stages are skipped). `--install` copies the weights into the package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from alignlab.world.clip import CHECKPOINT, train_clip
+from alignlab.world.model import WEIGHTS
+from alignlab.world.t2i_training import train_t2i
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="world_build", help="checkpoints, loss logs, weights and report")
+    parser.add_argument("--install", action="store_true", help="copy the new weights into alignlab/world/weights")
+    parser.add_argument("--skip-report", action="store_true")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    clip_file = train_clip(out)
+    weights = train_t2i(out)
+    if args.install:
+        WEIGHTS.mkdir(exist_ok=True)
+        for file in (clip_file, weights / "unet.safetensors", weights / "text_encoder.safetensors"):
+            shutil.copy2(file, WEIGHTS / file.name)
+        print(f"installed the world weights in {WEIGHTS}")
+    if not args.skip_report:
+        from alignlab.world.report import main as report
+
+        report(["--weights", str(weights), "--out", str(out / "report"), "--build-dir", str(out)])
+    assert CHECKPOINT.name == clip_file.name
+
+
+if __name__ == "__main__":
+    main()

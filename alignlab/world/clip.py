@@ -1,0 +1,117 @@
+"""The world CLIP: a small open_clip model trained contrastively on world renders and their captions.
+
+It is an ordinary open_clip model (config world-clip.json, registered with open_clip), so the CLIP
+rewards load it through exactly the code that loads ViT-H-14; only the name and checkpoint differ.
+Each caption comes with an attribute-swapped hard negative (colours exchanged between objects, the
+opposite relation, another count, colour or shape), so the score must read bindings, not word bags.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from alignlab.world.grammar import COLORS, COUNTS, SHAPES, Obj, Spec
+from alignlab.world.pretraining import LoopConfig, sample_specs, train_loop
+from alignlab.world.render import render_batch
+
+NAME = "world-clip"
+CONFIG = Path(__file__).parent / f"{NAME}.json"
+CHECKPOINT = Path(__file__).parent / "weights" / "world_clip.safetensors"
+CLIP = LoopConfig(steps=600, lr=1e-3, warmup=50, ema_decay=0.99, batch_size=64)
+OPPOSITE = {"to the left of": "to the right of", "to the right of": "to the left of",
+            "above": "below", "below": "above"}
+
+
+def register() -> None:
+    """Make open_clip know the world-clip architecture (idempotent)."""
+    import open_clip
+
+    if NAME not in open_clip.list_models():
+        open_clip.add_model_config(CONFIG)
+
+
+def _other(options, current, rng: np.random.Generator):
+    choices = [o for o in options if o != current]
+    return choices[int(rng.integers(len(choices)))]
+
+
+def hard_negative(spec: Spec, rng: np.random.Generator) -> Spec:
+    """A grammatical spec that differs from `spec` in one binding, relation, count, colour or shape."""
+    objects = list(spec.objects)
+    edits = ["shape"] + (["color"] if objects[0].color else [])
+    if spec.category == "counting":
+        edits.append("count")
+    if spec.category in ("colour_attr", "position"):
+        edits.append("swap_colors")
+    if spec.relation:
+        edits.append("relation")
+    edit = edits[int(rng.integers(len(edits)))]
+    if edit == "count":
+        count = _other(COUNTS.values(), len(objects), rng)
+        return replace(spec, objects=(objects[0],) * count)
+    if edit == "relation":
+        return replace(spec, relation=OPPOSITE[spec.relation])
+    if edit == "swap_colors":
+        a, b = objects
+        return replace(spec, objects=(Obj(a.shape, b.color), Obj(b.shape, a.color)))
+    index = 0 if spec.category == "counting" else int(rng.integers(len(objects)))
+    target = objects[index]
+    if edit == "color":
+        taken = {o.color for o in objects}
+        new = Obj(target.shape, _other([c for c in COLORS if c not in taken or c == target.color], target.color, rng))
+    else:
+        taken = {o.shape for o in objects}
+        new = Obj(_other([s for s in SHAPES if s not in taken or s == target.shape], target.shape, rng), target.color)
+    objects = [new] * len(objects) if spec.category == "counting" else objects[:index] + [new] + objects[index + 1:]
+    return replace(spec, objects=tuple(objects))
+
+
+def degrade(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mild blur and noise on part of a batch, so the score transfers from clean renders to samples."""
+    blurred = F.avg_pool2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    mix = (torch.rand(len(images), 1, 1, 1, generator=generator) < 0.3).float() * 0.5
+    sigma = torch.rand(len(images), 1, 1, 1, generator=generator) * 0.08
+    noisy = (1 - mix) * images + mix * blurred + sigma * torch.randn(images.shape, generator=generator)
+    return noisy.clamp(0, 1)
+
+
+def soft_targets(rows: list[str], columns: list[str]) -> torch.Tensor:
+    """Row-normalised match matrix: every column whose caption equals the row's is a positive."""
+    match = torch.tensor([[r == c for c in columns] for r in rows], dtype=torch.float32)
+    return match / match.sum(dim=1, keepdim=True)
+
+
+def train_clip(out_dir: Path, config: LoopConfig = CLIP) -> Path:
+    """Train (or resume) the world CLIP; writes its EMA weights to out_dir/weights/world_clip.safetensors."""
+    from alignlab.rewards.clip import OpenClip
+
+    register()
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed)
+        clip = OpenClip(NAME, None, torch.device("cpu"))
+    model = clip.model
+
+    def loss_fn(rng, generator) -> torch.Tensor:
+        specs = sample_specs(rng, config.batch_size)
+        captions = [s.prompt for s in specs]
+        texts = captions + [hard_negative(s, rng).prompt for s in specs]
+        images = degrade(render_batch(specs, rng), generator)
+        image_emb = model.encode_image(clip.preprocess(images), normalize=True)
+        text_emb = model.encode_text(clip.tokenizer(texts), normalize=True)
+        logits = model.logit_scale.exp() * image_emb @ text_emb.T
+        image_to_text = -(soft_targets(captions, texts) * logits.log_softmax(dim=1)).sum(1).mean()
+        text_to_image = -(soft_targets(captions, captions) * logits[:, : len(specs)].T.log_softmax(dim=1)).sum(1).mean()
+        return (image_to_text + text_to_image) / 2
+
+    ema = train_loop("clip", {"clip": model}, loss_fn, config, out_dir)
+    ema.copy_to(model.parameters())
+    weights = out_dir / "weights"
+    weights.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, weights / CHECKPOINT.name)
+    return weights / CHECKPOINT.name

@@ -1,0 +1,149 @@
+"""The shapes world's prompt grammar: GenEval-like categories, structured specs, held-out splits.
+
+Every prompt is generated from a `Spec` (category, objects, relation), so the renderer can draw it
+and the oracle can check it. The train/test split holds out attribute COMBINATIONS: one colour-shape
+binding per colour (e.g. "red triangle") and three shape orders never appear in a train prompt, so
+test accuracy measures compositional generalisation, like the papers' held-out templates.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from alignlab.core.token_spans import Item
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (30, 160, 50),
+    "blue": (30, 70, 220),
+    "yellow": (240, 200, 20),
+    "purple": (140, 50, 180),
+    "orange": (245, 130, 20),
+}
+BACKGROUND = (255, 255, 255)
+SHAPES = ("circle", "square", "triangle")
+COUNTS = {"two": 2, "three": 3}
+RELATIONS = {  # phrase -> (axis, sign): object A's centroid minus B's along axis (0: x, 1: y) has this sign
+    "to the left of": (0, -1),
+    "to the right of": (0, 1),
+    "above": (1, -1),
+    "below": (1, 1),
+}
+CATEGORIES = ("single_object", "two_objects", "counting", "colour_attr", "position")
+
+HELD_OUT_BINDINGS = frozenset(
+    {("red", "triangle"), ("green", "square"), ("blue", "circle"),
+     ("yellow", "triangle"), ("purple", "square"), ("orange", "circle")}
+)
+HELD_OUT_SHAPE_ORDERS = frozenset({("circle", "triangle"), ("square", "circle"), ("triangle", "square")})
+
+# Per-item defaults for AsynDM (curvature k of the items' concave schedule) and D-Fusion (absolute
+# cross-attention threshold of an item's mask); one object needs less slowing than a composition.
+ITEM_K = {"single_object": 0.7}
+DEFAULT_ITEM_K = 0.5
+ITEM_THRESHOLD = 0.015
+
+
+@dataclass(frozen=True)
+class Obj:
+    """One object of a prompt; colour None: any colour (the `two_objects` category)."""
+
+    shape: str
+    color: str | None = None
+
+    @property
+    def phrase(self) -> str:
+        return f"{self.color} {self.shape}" if self.color else self.shape
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a prompt asks for. Counting specs list the same object `count` times."""
+
+    category: str
+    objects: tuple[Obj, ...]
+    relation: str | None = None
+
+    @property
+    def prompt(self) -> str:
+        first = self.objects[0]
+        if self.category == "counting":
+            word = next(w for w, n in COUNTS.items() if n == len(self.objects))
+            return f"{word} {first.phrase}s"
+        if self.category == "position":
+            return f"{_article(first.phrase)} {self.relation} {_article(self.objects[1].phrase)}"
+        return " and ".join(_article(o.phrase) for o in self.objects)
+
+    @property
+    def item_words(self) -> list[str]:
+        """The object nouns as they appear in the prompt (AsynDM's and D-Fusion's mask words)."""
+        if self.category == "counting":
+            return [self.objects[0].shape + "s"]
+        return list(dict.fromkeys(o.shape for o in self.objects))
+
+    @property
+    def items(self) -> list[Item]:
+        k = ITEM_K.get(self.category, DEFAULT_ITEM_K)
+        return [Item(word, k, ITEM_THRESHOLD) for word in self.item_words]
+
+    @property
+    def split(self) -> str:
+        """'test' when the prompt contains a held-out binding or shape order, else 'train'."""
+        if any((o.color, o.shape) in HELD_OUT_BINDINGS for o in self.objects):
+            return "test"
+        shapes = tuple(o.shape for o in self.objects)
+        if self.category == "two_objects" and shapes in HELD_OUT_SHAPE_ORDERS:
+            return "test"
+        return "train"
+
+
+def _article(phrase: str) -> str:
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
+def _specs(category: str) -> list[Spec]:
+    distinct_shapes = list(itertools.permutations(SHAPES, 2))
+    distinct_colors = list(itertools.permutations(COLORS, 2))
+    if category == "single_object":
+        return [Spec(category, (Obj(s, c),)) for c in COLORS for s in SHAPES]
+    if category == "two_objects":
+        return [Spec(category, (Obj(a), Obj(b))) for a, b in distinct_shapes]
+    if category == "counting":
+        return [Spec(category, (Obj(s, c),) * n) for n in COUNTS.values() for c in COLORS for s in SHAPES]
+    pairs = [(Obj(a, ca), Obj(b, cb)) for a, b in distinct_shapes for ca, cb in distinct_colors]
+    if category == "colour_attr":
+        return [Spec(category, pair) for pair in pairs]
+    if category == "position":
+        return [Spec(category, pair, relation) for relation in RELATIONS for pair in pairs]
+    raise ValueError(f"unknown world category {category!r}; pick from {CATEGORIES}")
+
+
+def all_specs(categories: tuple[str, ...] | list[str] = CATEGORIES) -> list[Spec]:
+    """Every prompt of the given categories, in a fixed order."""
+    return [spec for category in categories for spec in _specs(category)]
+
+
+def spec_of(prompt: str) -> Spec:
+    """The spec a world prompt was generated from (KeyError for a prompt outside the grammar)."""
+    return _BY_PROMPT[prompt]
+
+
+_BY_PROMPT = {spec.prompt: spec for spec in all_specs()}
+
+
+def world_prompt_set(categories: list[str] | tuple[str, ...] = CATEGORIES, per_category: int | None = None,
+                     name: str = "world"):
+    """The world's prompts of `categories` with their items, split into train and test; `per_category`
+    keeps that many prompts of each category and split, evenly spread over the grammar's order."""
+    from alignlab.prompts import PromptSet
+
+    splits: dict[str, list] = {"train": [], "test": []}
+    for category in categories:
+        for split, entries in splits.items():
+            specs = [s for s in _specs(category) if s.split == split]
+            if per_category is not None and len(specs) > per_category:
+                step = len(specs) / per_category
+                specs = [specs[int(i * step)] for i in range(per_category)]
+            entries += [{"prompt": s.prompt, "items": [vars(i) for i in s.items]} for s in specs]
+    return PromptSet(splits["train"], splits["test"], name=name)

@@ -1,0 +1,151 @@
+"""The world's quality report: oracle accuracy per category, world-CLIP agreement, loss curves, samples.
+
+    python -m alignlab.world.report [--weights DIR] [--out world_build/report]
+
+Numbers in docs/world.md come from this command with the shipped weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from scipy.stats import spearmanr  # noqa: E402
+
+from alignlab.core.sampling import DDIMSampler  # noqa: E402
+from alignlab.eval.evaluate import evaluate_prompts  # noqa: E402
+from alignlab.training.artifacts import sample_grid  # noqa: E402
+from alignlab.world.clip import hard_negative  # noqa: E402
+from alignlab.world.grammar import CATEGORIES, all_specs, spec_of  # noqa: E402
+from alignlab.world.oracle import OracleReward, score_images  # noqa: E402
+from alignlab.world.render import render_batch  # noqa: E402
+
+NEGATIVES = 4  # attribute-swapped captions per image in the retrieval test
+
+
+def report_prompts(split: str, per_category: int) -> dict[str, list[str]]:
+    """Up to `per_category` prompts of each category of `split`, evenly spread over the grammar's order."""
+    chosen = {}
+    for category in CATEGORIES:
+        prompts = [s.prompt for s in all_specs([category]) if s.split == split]
+        picks = np.linspace(0, len(prompts) - 1, min(per_category, len(prompts))).round().astype(int)
+        chosen[category] = [prompts[i] for i in sorted(set(picks.tolist()))]
+    return chosen
+
+
+def caption_retrieval(clip_reward, images: torch.Tensor, prompts: list[str], seed: int = 0) -> float:
+    """Fraction of images whose own caption scores above all of NEGATIVES attribute-swapped captions."""
+    rng = np.random.default_rng(seed)
+    wins = []
+    for image, prompt in zip(images, prompts, strict=True):
+        negatives = list(dict.fromkeys(hard_negative(spec_of(prompt), rng).prompt for _ in range(NEGATIVES)))
+        captions = [prompt] + negatives
+        scores = clip_reward(image[None].expand(len(captions), -1, -1, -1), captions)
+        wins.append(bool(torch.as_tensor(scores).argmax() == 0))
+    return float(np.mean(wins))
+
+
+def evaluate_world(model, clip_reward, split: str = "test", per_category: int = 24, samples_per_prompt: int = 8,
+                   num_steps: int = 10, guidance_scale: float = 5.0, seed: int = 0, batch_size: int = 64) -> dict:
+    """Sample every chosen prompt `samples_per_prompt` times and score the images with the oracle and the CLIP."""
+    sampler = DDIMSampler(num_steps=num_steps, guidance_scale=guidance_scale, eta=1.0, progress=False)
+    results, pooled = {}, {"oracle": [], "clip": []}
+    for category, prompts in report_prompts(split, per_category).items():
+        out = evaluate_prompts(model, sampler, OracleReward(), prompts, samples_per_prompt, batch_size, seed)
+        scores, passed = score_images(out["images"], out["prompts"])
+        clip = torch.as_tensor(clip_reward(out["images"], out["prompts"])).float()
+        pooled["oracle"] += scores.tolist()
+        pooled["clip"] += clip.tolist()
+        results[category] = {
+            "prompts": len(prompts), "images": len(out["prompts"]),
+            "accuracy": float(passed.float().mean()), "score": float(scores.mean()),
+            "clip_spearman": float(spearmanr(clip, scores).statistic) if scores.std() > 0 else float("nan"),
+            "images_tensor": out["images"], "prompt_rows": out["prompts"],
+        }
+    results["clip_spearman_pooled"] = float(spearmanr(pooled["clip"], pooled["oracle"]).statistic)
+    return results
+
+
+def plot_losses(build_dir: Path, path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for ax, stage in zip(axes, ("t2i", "clip"), strict=True):
+        log = build_dir / f"{stage}_loss.jsonl"
+        if log.is_file():
+            rows = [json.loads(line) for line in log.read_text().splitlines()]
+            ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=0.8)
+        ax.set_title(f"world {stage} pre-training loss")
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(model, clip_reward, out_dir: Path, build_dir: Path | None = None, **kwargs) -> dict:
+    """Evaluate train and test splits, write report.md / report.json / grids / loss plot; returns the numbers."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    numbers: dict = {"settings": kwargs}
+    lines = ["# World quality report", "",
+             "| split | category | prompts | images | oracle accuracy | oracle score | CLIP Spearman |",
+             "|---|---|---|---|---|---|---|"]
+    for split in ("test", "train"):
+        results = evaluate_world(model, clip_reward, split=split, **kwargs)
+        numbers[split] = {"clip_spearman_pooled": results.pop("clip_spearman_pooled")}
+        for category, row in results.items():
+            images, rows = row.pop("images_tensor"), row.pop("prompt_rows")
+            numbers[split][category] = row
+            lines.append(f"| {split} | {category} | {row['prompts']} | {row['images']} | {row['accuracy']:.3f} | "
+                         f"{row['score']:.3f} | {row['clip_spearman']:.3f} |")
+            if split == "test":
+                sample_grid(images[:64], rows[:64], columns=8).save(out_dir / f"samples_{category}.png")
+        lines.append(f"| {split} | all (pooled) | | | | | {numbers[split]['clip_spearman_pooled']:.3f} |")
+    renders_rng = np.random.default_rng(1)
+    specs = [s for s in all_specs() if s.split == "test"]
+    picks = [specs[i] for i in renders_rng.choice(len(specs), size=256, replace=False)]
+    renders = render_batch(picks, renders_rng)
+    numbers["retrieval_renders"] = caption_retrieval(clip_reward, renders, [s.prompt for s in picks])
+    lines += ["", f"Caption retrieval among {NEGATIVES} attribute-swapped captions, 256 test-split renders: "
+                  f"{numbers['retrieval_renders']:.3f}"]
+    if build_dir is not None:
+        plot_losses(build_dir, out_dir / "losses.png")
+        lines += ["", "![losses](losses.png)"]
+    lines += [""] + [f"![{c}](samples_{c}.png)" for c in CATEGORIES]
+    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
+    (out_dir / "report.json").write_text(json.dumps(numbers, indent=2))
+    return numbers
+
+
+def main(argv: list[str] | None = None) -> None:
+    from alignlab.rewards.clip import ClipScore
+    from alignlab.world.clip import CHECKPOINT, NAME
+    from alignlab.world.model import build_world
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", default=None, help="directory with the world weights (default: shipped)")
+    parser.add_argument("--out", default="world_build/report")
+    parser.add_argument("--build-dir", default="world_build", help="where the loss logs are")
+    parser.add_argument("--samples-per-prompt", type=int, default=8)
+    parser.add_argument("--per-category", type=int, default=24)
+    parser.add_argument("--num-steps", type=int, default=10)
+    parser.add_argument("--guidance-scale", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    weights = Path(args.weights) if args.weights else None
+    model = build_world(args.weights)
+    clip = ClipScore(NAME, str((weights / CHECKPOINT.name) if weights else CHECKPOINT), batch_size=256)
+    torch.manual_seed(0)
+    write_report(model, clip, Path(args.out), Path(args.build_dir), per_category=args.per_category,
+                 samples_per_prompt=args.samples_per_prompt, num_steps=args.num_steps,
+                 guidance_scale=args.guidance_scale)
+    print((Path(args.out) / "report.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
