@@ -170,9 +170,10 @@ def default_clip(model_target: str, key: str) -> str:
     return {"model_name": "ViT-H-14", "pretrained": "laion2b_s32b_b79k"}[key]
 
 
+OmegaConf.register_new_resolver("default_clip", default_clip, replace=True)
+
+
 def register_schemas() -> None:
-    if not OmegaConf.has_resolver("default_clip"):
-        OmegaConf.register_new_resolver("default_clip", default_clip)
     cs = ConfigStore.instance()
     cs.store(name="root_schema", node=RootConfig)
     cs.store(group="schema/sampler", name="ddim", node=SamplerConfig)

@@ -106,7 +106,8 @@ def load_rewards(cfg, names: list[str] | None) -> dict:
         if not path.is_file():
             options = sorted(p.stem for p in path.parent.glob("*.yaml"))
             raise ConfigError(f"rewards: no reward config '{name}' (options: {options})")
-        rewards[name] = instantiate(OmegaConf.load(path))
+        # merged with the run's model: reward=clip follows the model (the world CLIP on the world model)
+        rewards[name] = instantiate(OmegaConf.merge({"model": cfg.model}, {"reward": OmegaConf.load(path)}).reward)
     return rewards
 
 
@@ -120,6 +121,7 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, samples_per_prom
     from alignlab.config import EvalConfig
     from alignlab.eval import evaluate_prompts, select_prompts
     from alignlab.training.artifacts import sample_grid
+    from alignlab.world.oracle import oracle_stats
 
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
@@ -161,6 +163,7 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, samples_per_prom
         "reward_mean": first["reward_mean"], "reward_std": first["reward_std"], "per_prompt": first["per_prompt"],
         "rewards": {name: {k: v for k, v in r.items() if k in ("reward_mean", "reward_std", "per_prompt")}
                     for name, r in by_reward.items()},
+        **oracle_stats(first["images"], first["prompts"]),  # world prompts: the gold metric too
     }
     out = run_dir / "eval"
     out.mkdir(exist_ok=True)
@@ -185,6 +188,9 @@ def markdown_table(report: dict) -> str:
     lines.append("| **all** | " + " | ".join(
         f"**{report['rewards'][n]['reward_mean']:.4g}** ± {report['rewards'][n]['reward_std']:.3g}" for n in names)
         + " |")
+    if "oracle_score" in report:
+        lines += ["", f"World oracle (ground truth): score {report['oracle_score']:.3f}, "
+                      f"strict accuracy {report['oracle_accuracy']:.3f}"]
     return "\n".join(lines) + "\n"
 
 

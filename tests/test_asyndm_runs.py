@@ -11,7 +11,8 @@ from alignlab.errors import ConfigError
 from alignlab.run import _root_cause, build, train
 from tests.hydra_app import FAST, compose_config
 
-QUICK = ["logger=none", "sampler.num_steps=4", "sampler.progress=false", "trainer.enable_progress_bar=false"]
+QUICK = ["model=tiny", "reward=jpeg_compressibility", "logger=none", "sampler.num_steps=4", "sampler.progress=false",
+         "trainer.enable_progress_bar=false"]
 
 
 def test_asyndm_evaluation_writes_its_table_grids_and_maps(tmp_path):

@@ -230,6 +230,7 @@ E2E = [
     "method.num_stages=2",  # stage 0 -> 1 step, stage 1 -> 1 + floor(1 * 4 / 2) = 3 steps
     "method.log_images=6",
     "method.gradient_accumulation_steps=4",  # > a round's micro-batches: only the round-end step updates
+    "prompts=simple",
     "prompts.train=['a cat']",  # every stage's z-scores pool the previous stage: resume needs the history
     "trainer.enable_progress_bar=false",
     "logger=none",

@@ -103,6 +103,7 @@ def test_dfusion_round_end_to_end(tmp_path):
 
 def test_dfusion_with_ddpo_trains_on_samples_and_targets(tmp_path):
     cfg = compose_config(tmp_path, ["method=dfusion", "method.algo=ddpo", "prompts=dfusion_t1", "trainer.max_epochs=1",
+                                    "model=tiny", "reward=jpeg_compressibility", "optimizer.lr=3e-4",
                                     "logger=none", "sampler.num_steps=3", "sampler.progress=false",
                                     "trainer.enable_progress_bar=false", "method.prompts_per_round=1",
                                     "method.samples_per_prompt=4", "method.num_inner_epochs=1",

@@ -17,7 +17,7 @@ from alignlab.run import train
 from tests.hydra_app import FAST, compose_config
 
 # the smallest run that still trains: 2 samples per round, 2 sampling steps, 1 trained timestep each
-SMALL = [*FAST, "sampler.num_steps=2", "method.sample_batch_size=2", "method.train_batch_size=2",
+SMALL = [*FAST, "prompts=simple", "sampler.num_steps=2", "method.sample_batch_size=2", "method.train_batch_size=2",
          "method.timestep_fraction=0.5", "logger=none", "trainer.max_epochs=2", "optimizer.lr=1e-2"]
 EVAL = ["eval.max_prompts=2", "eval.samples_per_prompt=1"]
 

@@ -8,6 +8,7 @@ from alignlab.run import train
 from tests.hydra_app import compose_config
 
 LEARN = [
+    "model=tiny",
     "sampler.num_steps=6",
     "sampler.progress=false",
     "trainer.enable_progress_bar=false",
@@ -32,3 +33,4 @@ def test_ddpo_raises_jpeg_compressibility(tmp_path):
     spread = rows[0]["reward_std"]
     print(f"reward {start:.4f} -> {end:.4f} (first-round std {spread:.4f})")
     assert end - start > 1.5 * spread
+

@@ -74,7 +74,7 @@ BAD_INPUTS = [
     (["reward=no_such_reward"], "reward/no_such_reward"),
     (["sampler.num_steps=many"], "sampler.num_steps"),
     (["method.no_such_key=1"], "no_such_key"),
-    (["prompts.train=[]"], "no train prompts"),
+    (["prompts=simple", "prompts.train=[]"], "no train prompts"),
     (["model=sd15", "model.pretrained=/no/such/weights"], "model.pretrained="),
     (["prompts=file"], "prompts.path"),
     (["prompts=file", "prompts.path=/no/such/prompts.txt"], "no such file"),

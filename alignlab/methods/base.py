@@ -16,6 +16,7 @@ from alignlab.core.token_spans import ItemBatch
 from alignlab.errors import AlignlabError
 from alignlab.methods.rounds import round_loader
 from alignlab.models import trainable_parameters
+from alignlab.world.oracle import oracle_stats
 
 
 class RLMethod(L.LightningModule):
@@ -72,7 +73,10 @@ class RLMethod(L.LightningModule):
         if bad:
             warnings.warn(f"round {self.round_index}: {bad} non-finite reward(s)", stacklevel=2)
         self.stats["nonfinite_rewards"].append(float(bad))
-        return Trajectory.cat(parts), torch.cat(rewards), torch.cat(images)
+        images = torch.cat(images)
+        for key, value in oracle_stats(images, prompts).items():  # world prompts: gold metric next to the proxy
+            self.stats[key].append(value)
+        return Trajectory.cat(parts), torch.cat(rewards), images
 
     def sample_batch(self, prompts: list[str], negative: torch.Tensor, generator: torch.Generator) -> Trajectory:
         """One batch of rollouts, one row per prompt (B²-DiffuRL overrides it to branch shared prefixes).

@@ -52,21 +52,31 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def plot_curves(rows: list[dict], path: Path) -> None:
-    """Reward (mean ± std) and every `eval/...` metric against the round."""
+    """Reward (mean ± std) and every `eval/...` metric against the round; world runs add the oracle's
+    score and accuracy (train rollouts and eval) on a second panel."""
     rounds = [r["round"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    gold = sorted({k for r in rows for k in r if k.split("/")[-1].startswith("oracle_")})
+    fig, axes = plt.subplots(1, 2 if gold else 1, figsize=(12 if gold else 6, 4), squeeze=False)
+    ax = axes[0, 0]
     mean = torch.tensor([r["reward_mean"] for r in rows])
     std = torch.tensor([r.get("reward_std", 0.0) for r in rows])
     ax.plot(rounds, mean, marker="o", label="train reward")
     ax.fill_between(rounds, mean - std, mean + std, alpha=0.2)
-    for key in sorted({k for r in rows for k in r if k.startswith("eval/")}):
+    for key in sorted({k for r in rows for k in r if k.startswith("eval/") and k not in gold}):
         points = [(r["round"], r[key]) for r in rows if key in r]
         ax.plot(*zip(*points, strict=False), marker="s", label=key)
-    ax.set_xlabel("round")
     ax.set_ylabel("reward")
     ax.set_title("alignment curve")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    if gold:
+        for key in gold:
+            points = [(r["round"], r[key]) for r in rows if key in r]
+            axes[0, 1].plot(*zip(*points, strict=False), marker="o", label=key)
+        axes[0, 1].set_ylabel("oracle (world ground truth)")
+        axes[0, 1].set_title("gold metric")
+    for panel in axes[0]:
+        panel.set_xlabel("round")
+        panel.grid(alpha=0.3)
+        panel.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -23,7 +23,7 @@ from alignlab.world.render import render_batch
 NAME = "world-clip"
 CONFIG = Path(__file__).parent / f"{NAME}.json"
 CHECKPOINT = Path(__file__).parent / "weights" / "world_clip.safetensors"
-CLIP = LoopConfig(steps=600, lr=1e-3, warmup=50, ema_decay=0.99, batch_size=64)
+CLIP = LoopConfig(steps=800, lr=1e-3, warmup=50, ema_decay=0.99, batch_size=64)
 OPPOSITE = {"to the left of": "to the right of", "to the right of": "to the left of",
             "above": "below", "below": "above"}
 

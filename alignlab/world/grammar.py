@@ -124,6 +124,10 @@ def all_specs(categories: tuple[str, ...] | list[str] = CATEGORIES) -> list[Spec
     return [spec for category in categories for spec in _specs(category)]
 
 
+def is_world_prompt(prompt: str) -> bool:
+    return prompt in _BY_PROMPT
+
+
 def spec_of(prompt: str) -> Spec:
     """The spec a world prompt was generated from (KeyError for a prompt outside the grammar)."""
     return _BY_PROMPT[prompt]

@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from alignlab.errors import ConfigError
 from alignlab.rewards.chunked import ChunkedReward
-from alignlab.world.grammar import BACKGROUND, COLORS, RELATIONS, Obj, Spec, spec_of
+from alignlab.world.grammar import BACKGROUND, COLORS, RELATIONS, Obj, Spec, is_world_prompt, spec_of
 
 OTHER = "other"  # the colour of a component near no palette colour, the shape of one like no shape
 # RGB distance from white up to which the image's median is taken as its background (grey 200: 95); under
@@ -198,3 +198,12 @@ class OracleReward(ChunkedReward):
 
     def _score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         return score_images(images, prompts)[0]
+
+
+def oracle_stats(images: torch.Tensor, prompts: list[str], prefix: str = "") -> dict[str, float]:
+    """Mean oracle score and strict accuracy of a batch, the gold metric next to a run's proxy reward;
+    empty when some prompt is not a world prompt (the oracle cannot judge it)."""
+    if not prompts or not all(map(is_world_prompt, prompts)):
+        return {}
+    scores, passed = score_images(images, prompts)
+    return {f"{prefix}oracle_score": float(scores.mean()), f"{prefix}oracle_accuracy": float(passed.float().mean())}

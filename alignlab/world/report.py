@@ -53,7 +53,7 @@ def caption_retrieval(clip_reward, images: torch.Tensor, prompts: list[str], see
 
 
 def evaluate_world(model, clip_reward, split: str = "test", per_category: int = 24, samples_per_prompt: int = 8,
-                   num_steps: int = 10, guidance_scale: float = 5.0, seed: int = 0, batch_size: int = 64) -> dict:
+                   num_steps: int = 10, guidance_scale: float = 3.0, seed: int = 0, batch_size: int = 64) -> dict:
     """Sample every chosen prompt `samples_per_prompt` times and score the images with the oracle and the CLIP."""
     sampler = DDIMSampler(num_steps=num_steps, guidance_scale=guidance_scale, eta=1.0, progress=False)
     results, pooled = {}, {"oracle": [], "clip": []}
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples-per-prompt", type=int, default=8)
     parser.add_argument("--per-category", type=int, default=24)
     parser.add_argument("--num-steps", type=int, default=10)
-    parser.add_argument("--guidance-scale", type=float, default=5.0)
+    parser.add_argument("--guidance-scale", type=float, default=3.0)
     args = parser.parse_args(argv)
     weights = Path(args.weights) if args.weights else None
     model = build_world(args.weights)

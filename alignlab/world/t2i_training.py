@@ -18,11 +18,17 @@ from alignlab.world.pretraining import LoopConfig, sample_specs, train_loop
 from alignlab.world.render import render_batch
 
 CAPTION_DROPOUT = 0.1
-T2I = LoopConfig(steps=1500, lr=1e-3, warmup=200, ema_decay=0.999, batch_size=64)
+# Two phases: 1500 steps at lr 1e-3, then 600 from the first phase's EMA weights at lr 3e-4 (each with
+# warmup and cosine decay), so a finished phase stays valid when training is extended.
+T2I = (
+    ("t2i", LoopConfig(steps=1500, lr=1e-3, warmup=200, ema_decay=0.999, batch_size=64)),
+    ("t2i_refine", LoopConfig(steps=600, lr=3e-4, warmup=50, ema_decay=0.999, batch_size=64)),
+)
 
 
-def train_t2i(out_dir: Path, config: LoopConfig = T2I) -> Path:
+def train_t2i(out_dir: Path, phases: tuple[tuple[str, LoopConfig], ...] = T2I) -> Path:
     """Train (or resume) and write the EMA weights as fp16 safetensors to out_dir/weights; returns that dir."""
+    config = phases[0][1]
     unet, text_encoder = world_components(config.seed)
     model = assemble(unet, text_encoder)
     text_encoder.requires_grad_(True)
@@ -47,8 +53,9 @@ def train_t2i(out_dir: Path, config: LoopConfig = T2I) -> Path:
         target = model.scheduler.get_velocity(latents, noise, timesteps)
         return F.mse_loss(unet(noisy, timesteps, embeddings).sample, target)
 
-    ema = train_loop("t2i", {"unet": unet, "text_encoder": text_encoder}, loss_fn, config, out_dir)
-    ema.copy_to(list(unet.parameters()) + list(text_encoder.parameters()))
+    for stage, config in phases:  # loss_fn reads `config`: the current phase
+        ema = train_loop(stage, {"unet": unet, "text_encoder": text_encoder}, loss_fn, config, out_dir)
+        ema.copy_to(list(unet.parameters()) + list(text_encoder.parameters()))
     weights = out_dir / "weights"
     weights.mkdir(parents=True, exist_ok=True)
     for name, module in (("unet", unet), ("text_encoder", text_encoder)):

@@ -1,0 +1,35 @@
+"""python -m alignlab.report: a sweep's runs summarised from their metrics.jsonl, labelled by overrides."""
+
+import json
+
+import pytest
+
+from alignlab.report import main, write_summary
+
+
+def _run(directory, overrides, rows):
+    (directory / ".hydra").mkdir(parents=True)
+    (directory / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (directory / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_summary_reads_first_last_and_eval_values(tmp_path):
+    _run(tmp_path / "0", ["method=ddpo"], [
+        {"round": 0, "reward_mean": 0.1, "oracle_score": 0.3, "oracle_accuracy": 0.0},
+        {"round": 1, "reward_mean": 0.4, "oracle_score": 0.5, "oracle_accuracy": 0.25, "eval/reward_mean": 0.35}])
+    _run(tmp_path / "1", ["method=b2diffurl"], [{"round": 0, "reward_mean": 0.2}])
+    runs = write_summary(tmp_path)
+    assert list(runs) == ["method=ddpo", "method=b2diffurl"]
+    ddpo = json.loads((tmp_path / "summary.json").read_text())["method=ddpo"]
+    assert (ddpo["rounds"], ddpo["reward_first"], ddpo["reward_last"], ddpo["eval/reward_mean"]) == (2, 0.1, 0.4, 0.35)
+    assert (ddpo["oracle_score_first"], ddpo["oracle_score_last"], ddpo["oracle_accuracy_last"]) == (0.3, 0.5, 0.25)
+    b2 = runs["method=b2diffurl"]
+    assert b2["reward_last"] == 0.2 and b2["eval/reward_mean"] is None and b2["oracle_score_first"] is None
+    table = (tmp_path / "summary.md").read_text()
+    assert "| method=ddpo | 2 | 0.1 | 0.4 | 0.35 | 0.3 | 0.5 | 0.25 |  |" in table
+    assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_a_directory_without_runs_is_one_sentence(tmp_path):
+    with pytest.raises(SystemExit, match="no run directories"):
+        main([str(tmp_path)])
