@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 import alignlab  # noqa: F401  (before open_clip / transformers: repairs the torchvision import on CPU torch)
 
-from tests.tiny_clip import save_random_open_clip
+from tests.tiny_clip import PROMPTS, random_images, save_random_open_clip
 from alignlab.errors import ConfigError, WeightsNotFoundError
 from alignlab.rewards import (
     AestheticScore,
@@ -28,11 +28,6 @@ TINY_CLIP_CONFIG = {
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2},
 }
-PROMPTS = ["a red cube", "a cat on a sofa", "two dogs", "a blue sky", "an apple"]
-
-
-def random_images(n, height=40, width=56, seed=0):
-    return torch.rand(n, 3, height, width, generator=torch.Generator().manual_seed(seed))
 
 
 def check_batch_independent_and_deterministic(make_reward, images, prompts):

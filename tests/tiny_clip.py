@@ -1,4 +1,5 @@
-"""A tiny random open_clip model saved in the real on-disk format, for the CLIP-based rewards' tests."""
+"""A tiny random open_clip model saved in the real on-disk format, and the prompts and images the
+reward tests score with it."""
 
 import json
 from pathlib import Path
@@ -19,3 +20,10 @@ def save_random_open_clip(directory: Path, name: str, config: dict) -> str:
     checkpoint = directory / "open_clip_pytorch_model.bin"
     torch.save(model.state_dict(), checkpoint)
     return str(checkpoint)
+
+
+PROMPTS = ["a red cube", "a cat on a sofa", "two dogs", "a blue sky", "an apple"]
+
+
+def random_images(n, height=40, width=56, seed=0):
+    return torch.rand(n, 3, height, width, generator=torch.Generator().manual_seed(seed))
