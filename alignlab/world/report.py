@@ -24,7 +24,7 @@ from alignlab.eval.evaluate import evaluate_prompts  # noqa: E402
 from alignlab.training.artifacts import sample_grid  # noqa: E402
 from alignlab.world.clip import hard_negative  # noqa: E402
 from alignlab.world.grammar import CATEGORIES, all_specs, spec_of  # noqa: E402
-from alignlab.world.oracle import OracleReward, score_images  # noqa: E402
+from alignlab.world.oracle import OracleReward  # noqa: E402
 from alignlab.world.render import render_batch  # noqa: E402
 
 NEGATIVES = 4  # attribute-swapped captions per image in the retrieval test
@@ -59,7 +59,8 @@ def evaluate_world(model, clip_reward, split: str = "test", per_category: int = 
     results, pooled = {}, {"oracle": [], "clip": []}
     for category, prompts in report_prompts(split, per_category).items():
         out = evaluate_prompts(model, sampler, OracleReward(), prompts, samples_per_prompt, batch_size, seed)
-        scores, passed = score_images(out["images"], out["prompts"])
+        scores = torch.tensor(out["rewards"])  # OracleReward's scores; all constraints met <=> score 1
+        passed = scores == 1
         clip = torch.as_tensor(clip_reward(out["images"], out["prompts"])).float()
         pooled["oracle"] += scores.tolist()
         pooled["clip"] += clip.tolist()
