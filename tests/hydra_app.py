@@ -7,7 +7,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from alignlab.run import CONF_DIR
 
@@ -33,3 +33,9 @@ def compose_config(run_dir: Path | str, overrides: list[str] = ()) -> DictConfig
         cfg.hydra.job.num = 0
     HydraConfig.instance().set_config(cfg)
     return cfg
+
+
+def save_run_config(cfg: DictConfig, run_dir: Path) -> None:
+    """Write <run_dir>/.hydra/config.yaml as `python -m alignlab.run` does (what `alignlab.evaluate` reads)."""
+    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), run_dir / ".hydra" / "config.yaml")

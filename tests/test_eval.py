@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from alignlab.core.sampling import DDIMSampler
 from alignlab.eval import evaluate_prompts
@@ -14,7 +13,7 @@ from alignlab.eval.callback import eval_due
 from alignlab.evaluate import main as evaluate_main
 from alignlab.rewards import JpegCompressibility
 from alignlab.run import train
-from tests.hydra_app import FAST, compose_config
+from tests.hydra_app import FAST, compose_config, save_run_config
 
 # the smallest run that still trains: 2 samples per round, 2 sampling steps, 1 trained timestep each
 SMALL = [*FAST, "prompts=simple", "sampler.num_steps=2", "method.sample_batch_size=2", "method.train_batch_size=2",
@@ -55,9 +54,7 @@ def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("eval_runs")
     cfg = compose_config(base / "with", [*SMALL, *EVAL, "eval.every=1"])
     train(cfg)
-    (base / "with" / ".hydra").mkdir()
-    run_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-    OmegaConf.save(run_cfg, base / "with" / ".hydra" / "config.yaml")
+    save_run_config(cfg, base / "with")
     train(compose_config(base / "without", [*SMALL, *EVAL, "eval.every=0"]))
     return base / "with", base / "without"
 

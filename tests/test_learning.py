@@ -1,11 +1,12 @@
-"""Learning runs (slow): the methods must actually raise their reward on the tiny model."""
+"""Learning runs (slow): the methods must actually raise their reward, on the tiny model and on the shapes world."""
 
 import json
 
 import pytest
 
+from alignlab.evaluate import evaluate_run
 from alignlab.run import train
-from tests.hydra_app import compose_config
+from tests.hydra_app import compose_config, save_run_config
 
 LEARN = [
     "model=tiny",
@@ -51,20 +52,6 @@ WORLD = [
 ]
 
 
-def base_eval(cfg) -> float:
-    """The pre-trained model's reward on the evaluation rows the run's final evaluation uses (same noise)."""
-    from hydra.utils import instantiate
-
-    from alignlab.eval.evaluate import evaluate_prompts, select_prompts
-    from alignlab.run import build_model
-
-    prompts, _ = select_prompts(instantiate(cfg.prompts), "train", cfg.eval.max_prompts)
-    sampler = instantiate(cfg.sampler)
-    result = evaluate_prompts(build_model(cfg, finetune=False), sampler, instantiate(cfg.reward), prompts,
-                              cfg.eval.samples_per_prompt, cfg.eval.batch_size, cfg.seed)
-    return result["reward_mean"]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["ddpo", "b2diffurl"])
 def test_world_clip_at_equal_image_budget(tmp_path, method):
@@ -73,11 +60,13 @@ def test_world_clip_at_equal_image_budget(tmp_path, method):
     raise it; B²-DiffuRL's result is printed next to DDPO's (which method wins is the study's question)."""
     cfg = compose_config(tmp_path, [f"method={method}", *WORLD])
     train(cfg)
+    save_run_config(cfg, tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     images = sum(r["samples_per_round"] for r in rows)
-    start, end = base_eval(cfg), rows[-1]["eval/reward_mean"]
+    base = evaluate_run(tmp_path, base=True)  # the run's eval rows (same prompts and noise), pre-trained weights
+    start, end = base["reward_mean"], rows[-1]["eval/reward_mean"]
     print(f"{method}: {images:.0f} images, world-CLIP on fixed train rows {start:.4f} -> {end:.4f}, "
-          f"oracle score {rows[-1]['eval/oracle_score']:.3f}")
+          f"oracle score {base['oracle_score']:.3f} -> {rows[-1]['eval/oracle_score']:.3f}")
     assert images == WORLD_ROUNDS * 64
     if method == "ddpo":
         assert end > start + 0.005
