@@ -25,7 +25,7 @@ world: ## retrain the shapes world (CLIP, text-to-image model, report) into worl
 	$(PYTHON) -m alignlab.world.build --out world_build --install
 
 lint: ## static checks
-	$(PYTHON) -m ruff check alignlab tests
+	$(PYTHON) -m ruff check alignlab tests experiments
 
 clean: ## remove run outputs
 	rm -rf outputs multirun .pytest_cache  # world_build/ holds resumable world checkpoints: remove it by hand

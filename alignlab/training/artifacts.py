@@ -51,6 +51,13 @@ def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _plot_keys(ax, rows: list[dict], keys: list[str], marker: str) -> None:
+    """One line per metric key, over the rounds whose rows have it (evaluation runs only on some rounds)."""
+    for key in keys:
+        points = [(r["round"], r[key]) for r in rows if key in r]
+        ax.plot(*zip(*points, strict=False), marker=marker, label=key)
+
+
 def plot_curves(rows: list[dict], path: Path) -> None:
     """Reward (mean ± std) and every `eval/...` metric against the round; world runs add the oracle's
     score and accuracy (train rollouts and eval) on a second panel."""
@@ -62,15 +69,11 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     std = torch.tensor([r.get("reward_std", 0.0) for r in rows])
     ax.plot(rounds, mean, marker="o", label="train reward")
     ax.fill_between(rounds, mean - std, mean + std, alpha=0.2)
-    for key in sorted({k for r in rows for k in r if k.startswith("eval/") and k not in gold}):
-        points = [(r["round"], r[key]) for r in rows if key in r]
-        ax.plot(*zip(*points, strict=False), marker="s", label=key)
+    _plot_keys(ax, rows, sorted({k for r in rows for k in r if k.startswith("eval/") and k not in gold}), "s")
     ax.set_ylabel("reward")
     ax.set_title("alignment curve")
     if gold:
-        for key in gold:
-            points = [(r["round"], r[key]) for r in rows if key in r]
-            axes[0, 1].plot(*zip(*points, strict=False), marker="o", label=key)
+        _plot_keys(axes[0, 1], rows, gold, "o")
         axes[0, 1].set_ylabel("oracle (world ground truth)")
         axes[0, 1].set_title("gold metric")
     for panel in axes[0]:

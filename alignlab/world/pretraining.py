@@ -11,6 +11,7 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +20,21 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from alignlab.world.grammar import CATEGORIES, Spec, _specs
+from alignlab.world.grammar import CATEGORIES, Spec, all_specs
 
 # Pre-training mixes the categories like a caption corpus would: more simple than composite scenes.
 CATEGORY_WEIGHTS = {"single_object": 0.25, "two_objects": 0.1, "counting": 0.2, "colour_attr": 0.2, "position": 0.25}
 
 
+@cache
+def _pools() -> tuple[list[Spec], ...]:
+    """Every category's specs, built once (sample_specs runs on every pre-training step)."""
+    return tuple(all_specs([category]) for category in CATEGORIES)
+
+
 def sample_specs(rng: np.random.Generator, count: int) -> list[Spec]:
     """`count` specs: a category by CATEGORY_WEIGHTS, then a uniform prompt of it (train and test alike)."""
-    pools = [_specs(category) for category in CATEGORIES]
+    pools = _pools()
     weights = np.array([CATEGORY_WEIGHTS[c] for c in CATEGORIES])
     picks = rng.choice(len(CATEGORIES), size=count, p=weights / weights.sum())
     return [pools[c][int(rng.integers(len(pools[c])))] for c in picks]
