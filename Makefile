@@ -2,13 +2,13 @@
 PYTHON ?= python
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: help install test test-slow bench world lint clean
+.PHONY: help install test test-slow study study-smoke bench world lint clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
 
 install: ## install alignlab (editable) with torch pinned by constraints.txt (CPU wheel here, CUDA on GPU machines)
-	$(PIP) install -c constraints.txt -e ".[dev]"
+	$(PIP) install -c constraints.txt -e ".[dev,sweep]"
 	$(PYTHON) -c "import alignlab, open_clip, torch; print('alignlab ready: torch', torch.__version__, '| cuda', torch.cuda.is_available())"
 
 test: ## the default test suite (< 15 min on 2 CPU cores)
@@ -16,6 +16,12 @@ test: ## the default test suite (< 15 min on 2 CPU cores)
 
 test-slow: ## the long tests: learning runs (marked slow)
 	$(PYTHON) -m pytest -q -m slow
+
+study: ## the miniature study (docs/results.md): 4 experiments x 3 seeds into study/, ~7.5 h on 2 shared CPU cores; resumable
+	$(PYTHON) experiments/study.py all
+
+study-smoke: ## every study experiment with a tiny budget (tests/test_study.py, slow set), ~6 min
+	$(PYTHON) -m pytest -q -m slow tests/test_study.py
 
 bench: ## speed and memory benchmarks (ratios measured side by side)
 	$(PYTHON) -m alignlab.bench
@@ -28,4 +34,4 @@ lint: ## static checks
 	$(PYTHON) -m ruff check alignlab tests experiments
 
 clean: ## remove run outputs
-	rm -rf outputs multirun .pytest_cache  # world_build/ holds resumable world checkpoints: remove it by hand
+	rm -rf outputs multirun study-smoke .pytest_cache  # study/ holds the study's runs: remove it by hand; world_build/ holds resumable world checkpoints: remove it by hand

@@ -143,11 +143,17 @@ class EvalConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    keep: int = 3  # round-NNNN.ckpt files kept besides last.ckpt (a corrupt newest one falls back to these)
+
+
+@dataclass
 class RootConfig:
     seed: int = 0
     resume: bool = True  # continue from <run dir>/checkpoints/last.ckpt when it exists
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     model: Any = None
     sampler: Any = None
     reward: Any = None

@@ -1,14 +1,17 @@
 """Evaluate a finished (or running) run's exported weights on a prompt split:
 
     python -m alignlab.evaluate run_dir=<dir> [split=test] [samples_per_prompt=4] [max_prompts=8]
-                                [batch_size=8] [seed=0] [rewards=[clip,pickscore]] [--base]
+                                [batch_size=8] [seed=0] [rewards=[clip,pickscore]] [name=eval_test] [--base]
 
 Rebuilds the model from <run_dir>/.hydra/config.yaml as alignlab.run does, loads <run_dir>/lora (or
 <run_dir>/unet for finetune.mode=full; `--base`: neither, the pre-trained model for comparison), samples
 with the fixed evaluation seeds (alignlab/eval) and writes <run_dir>/eval/eval.json, eval.md and grid.png
-(`--base`: base.json, base.md, base_grid.png). Defaults come from the run's `eval:` block and seed; the
-reward is the run's own unless `rewards=[...]` names reward configs (conf/reward/<name>.yaml); the first
-reward gives the top-level reward_mean.
+(`--base`: base.json, base.md, base_grid.png; `name=X`: X.json, X.md, X_grid.png). Defaults come from the
+run's `eval:` block and seed; the reward is the run's own unless `rewards=[...]` names reward configs
+(conf/reward/<name>.yaml); the first reward gives the top-level reward_mean. With a CLIP among the rewards
+and >= 2 samples per prompt, `diversity` is the mean pairwise cosine distance of each prompt's CLIP image
+embeddings, averaged over prompts; on world prompts the oracle's score and accuracy come overall and per
+category.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import yaml
 import alignlab  # noqa: F401  (repairs the torchvision import before anything imports it)
 from alignlab.errors import AlignlabError, ConfigError
 
-KEYS = {"run_dir", "split", "samples_per_prompt", "max_prompts", "batch_size", "seed", "rewards"}
+KEYS = {"run_dir", "split", "samples_per_prompt", "max_prompts", "batch_size", "seed", "rewards", "name"}
 
 
 def parse_args(argv: list[str]) -> tuple[dict, bool]:
@@ -37,7 +40,7 @@ def parse_args(argv: list[str]) -> tuple[dict, bool]:
         key, sep, value = item.partition("=")
         if not sep or key not in KEYS:
             raise ConfigError(f"expected key=value with key one of {sorted(KEYS)}, got {item!r}")
-        options[key] = yaml.safe_load(value) if key != "run_dir" else value
+        options[key] = yaml.safe_load(value) if key not in ("run_dir", "name") else value
     if "run_dir" not in options:
         raise ConfigError("run_dir=<run directory> is required")
     return options, args.base
@@ -113,15 +116,16 @@ def load_rewards(cfg, names: list[str] | None) -> dict:
 
 def evaluate_run(run_dir: str | Path, split: str | None = None, samples_per_prompt: int | None = None,
                  max_prompts: int | None = None, batch_size: int | None = None, seed: int | None = None,
-                 rewards: list[str] | None = None, base: bool = False) -> dict:
-    """Evaluate a run directory's weights; writes <run_dir>/eval/ and returns the eval.json content."""
+                 rewards: list[str] | None = None, base: bool = False, name: str | None = None) -> dict:
+    """Evaluate a run directory's weights; writes <run_dir>/eval/<name>.json (default eval, or base) and .md,
+    and returns the json's content."""
     import torch
     from hydra.utils import instantiate
 
     from alignlab.config import EvalConfig
     from alignlab.eval import evaluate_prompts, select_prompts
     from alignlab.training.artifacts import sample_grid
-    from alignlab.world.oracle import oracle_stats
+    from alignlab.world.oracle import oracle_by_category, oracle_stats
 
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
@@ -164,16 +168,33 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, samples_per_prom
         "rewards": {name: {k: v for k, v in r.items() if k in ("reward_mean", "reward_std", "per_prompt")}
                     for name, r in by_reward.items()},
         **oracle_stats(first["images"], first["prompts"]),  # world prompts: the gold metric too
+        **diversity(scorers, first["images"], prompts, samples_per_prompt),
     }
+    by_category = oracle_by_category(first["images"], first["prompts"])
+    if by_category:
+        report["oracle_by_category"] = by_category
     out = run_dir / "eval"
     out.mkdir(exist_ok=True)
-    stem = "base" if base else "eval"
+    stem = name or ("base" if base else "eval")
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / f"{stem}.md").write_text(markdown_table(report))
     captions = [f"{p} | {r:.3g}" for p, r in zip(first["prompts"], first["rewards"], strict=True)]
     grid = sample_grid(first["images"], captions, samples_per_prompt if samples_per_prompt > 1 else 4)
-    grid.save(out / ("base_grid.png" if base else "grid.png"))
+    grid.save(out / ("grid.png" if stem == "eval" else f"{stem}_grid.png"))
     return report
+
+
+def diversity(scorers: dict, images, prompts: list[str], samples_per_prompt: int) -> dict:
+    """{"diversity", "diversity_per_prompt"} in the space of the first CLIP among the rewards; {} without one
+    (or with one sample per prompt)."""
+    from alignlab.eval.evaluate import pairwise_diversity
+
+    clip = next((s for s in scorers.values() if hasattr(s, "image_embeddings")), None)
+    if clip is None or samples_per_prompt < 2:
+        return {}
+    per_prompt = pairwise_diversity(clip.image_embeddings(images), samples_per_prompt)
+    return {"diversity": sum(per_prompt) / len(per_prompt),
+            "diversity_per_prompt": dict(zip(prompts, per_prompt, strict=True))}
 
 
 def markdown_table(report: dict) -> str:
@@ -188,9 +209,16 @@ def markdown_table(report: dict) -> str:
     lines.append("| **all** | " + " | ".join(
         f"**{report['rewards'][n]['reward_mean']:.4g}** ± {report['rewards'][n]['reward_std']:.3g}" for n in names)
         + " |")
+    if "diversity" in report:
+        lines += ["", f"Diversity (mean pairwise cosine distance of a prompt's CLIP image embeddings): "
+                      f"{report['diversity']:.4f}"]
     if "oracle_score" in report:
         lines += ["", f"World oracle (ground truth): score {report['oracle_score']:.3f}, "
                       f"strict accuracy {report['oracle_accuracy']:.3f}"]
+    if "oracle_by_category" in report:
+        lines += ["", "| category | images | oracle score | oracle accuracy |", "|---|---:|---:|---:|"]
+        lines += [f"| {c} | {r['images']} | {r['oracle_score']:.3f} | {r['oracle_accuracy']:.3f} |"
+                  for c, r in report["oracle_by_category"].items()]
     return "\n".join(lines) + "\n"
 
 

@@ -7,14 +7,17 @@ rounds with a Lightning Trainer that writes the run directory (architecture.md's
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import tempfile
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import alignlab  # noqa: F401  (repairs the torchvision import before anything imports it)
@@ -44,26 +47,37 @@ def build_model(cfg: DictConfig, finetune: bool = True):
     return model
 
 
+def build_optimizer(cfg: DictConfig, model):
+    """The optimizer factory, tried once on the trainable parameters: torch checks its settings only when
+    an optimizer is made, which Lightning does after the run directory is in use."""
+    from alignlab.models import trainable_parameters
+
+    factory = instantiate(cfg.optimizer)
+    try:
+        factory(trainable_parameters(model))
+    except ValueError as error:
+        raise ConfigError(f"optimizer: {error} (optimizer.lr, eps and weight_decay must be >= 0, "
+                          "betas in [0, 1))") from None
+    return factory
+
+
 def build(cfg: DictConfig, run_dir: Path):
     """Instantiate every component; all validation happens here, before anything is written."""
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
     from alignlab.eval.callback import EvalCallback
     from alignlab.training.callbacks import ExportWeights, RoundRecorder
+    from alignlab.training.checkpoints import round_checkpoints
 
+    parts = {key: instantiate(cfg[key]) for key in ("sampler", "reward", "prompts")}  # checked before the model loads
     L.seed_everything(cfg.seed, verbose=False)  # LoRA init; rollouts use their own per-round generators
     model = build_model(cfg)
-    method = instantiate(
-        cfg.method, model=model, sampler=instantiate(cfg.sampler), reward=instantiate(cfg.reward),
-        optimizer=instantiate(cfg.optimizer), prompts=instantiate(cfg.prompts), seed=cfg.seed,
-    )
+    method = instantiate(cfg.method, model=model, optimizer=build_optimizer(cfg, model), seed=cfg.seed, **parts)
     callbacks = [
         EvalCallback(run_dir, **cfg.eval),  # before RoundRecorder: it adds eval/* to the round's row
         RoundRecorder(run_dir),
         ExportWeights(run_dir),
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="round-{epoch:04d}", save_last=True,
-                        save_top_k=1, every_n_epochs=1),
+        round_checkpoints(run_dir, cfg.checkpoint.keep),
     ]
     trainer = instantiate(cfg.trainer, default_root_dir=str(run_dir), logger=instantiate(cfg.logger),
                           callbacks=callbacks)
@@ -73,17 +87,35 @@ def build(cfg: DictConfig, run_dir: Path):
 def train(cfg: DictConfig) -> float:
     """Run (or resume) the configured method; returns the last round's held-out reward when evaluation
     ran (`eval/reward_mean`), else its train reward — the value a Hydra sweeper optimises."""
+    from alignlab.training.checkpoints import resume_checkpoint
+
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     method, trainer = build(cfg, run_dir)
     if getattr(method, "evaluation_only", False):  # e.g. method=asyndm: nothing to train or resume
+        record_config(cfg, run_dir)
         trainer.test(method)
         return float(trainer.callback_metrics.get("reward_mean", float("nan")))
-    last = run_dir / "checkpoints" / "last.ckpt"
-    ckpt_path = str(last) if cfg.resume and last.exists() else None
+    ckpt_path = resume_checkpoint(run_dir / "checkpoints") if cfg.resume else None
+    record_config(cfg, run_dir)
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
-    trainer.fit(method, ckpt_path=ckpt_path)
+    trainer.fit(method, ckpt_path=ckpt_path, weights_only=True)
     return final_reward(run_dir)
+
+
+def record_config(cfg: DictConfig, run_dir: Path) -> None:
+    """<run_dir>/.hydra/{config,overrides,hydra}.yaml, as Hydra would write them (conf/config.yaml sets
+    hydra.output_subdir to null so that it does not): written once the run is known to start, so a rejected
+    rerun in a run directory leaves the config of the run recorded there."""
+    from alignlab.training.atomic import replace_atomically
+
+    hydra_cfg = HydraConfig.get()
+    files = {"config.yaml": OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]),
+             "overrides.yaml": OmegaConf.create(list(hydra_cfg.overrides.task)),
+             "hydra.yaml": OmegaConf.create({"hydra": hydra_cfg})}
+    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        replace_atomically(run_dir / ".hydra" / name, lambda tmp, content=content: OmegaConf.save(content, tmp))
 
 
 def final_reward(run_dir: Path) -> float:
@@ -101,13 +133,18 @@ def one_line(message: str) -> str:
         line = line.strip()
         if line.startswith("Config search path"):
             break
-        if line and not line.startswith(("object_type", "provider=")):
+        if line and not line.startswith(("object_type", "reference_type", "provider=")):
             keep.append(line.rstrip(":") + (":" if line.endswith(":") else ""))
     return " ".join(keep).replace(": ", ": ", 1)
 
 
+def say_error(message: str) -> None:
+    print(f"alignlab: error: {message}", file=sys.stderr)
+
+
 def check_composition(argv: list[str]) -> None:
-    """Compose a single run's config before Hydra does, so a bad override gets one line and exit 2.
+    """Compose a single run's config before Hydra does, so a bad override or an unwritable run directory
+    gets one line and exit 2.
 
     Sweeps (-m) and Hydra's own flags are left to Hydra."""
     if any(arg.startswith("-") for arg in argv):
@@ -117,11 +154,28 @@ def check_composition(argv: list[str]) -> None:
 
     try:
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            compose("config", overrides=argv)
+            cfg = compose("config", overrides=argv, return_hydra_config=True)
     except HydraException as error:
         details = [str(error)] + ([str(error.__cause__)] if error.__cause__ else [])
-        print(f"alignlab: error: {one_line(chr(10).join(details))}", file=sys.stderr)
+        say_error(one_line(chr(10).join(details)))
         sys.exit(2)
+    problem = unwritable(Path(cfg.hydra.run.dir))
+    if problem:
+        say_error(f"hydra.run.dir={cfg.hydra.run.dir} is not writable ({problem}); pick a directory you can write to")
+        sys.exit(2)
+
+
+def unwritable(run_dir: Path) -> str | None:
+    """Why files cannot be made in `run_dir` or, before it exists, in its nearest existing parent (None: they can).
+    A file is tried, not the permission bits: root passes those and still cannot write to /proc."""
+    folder = run_dir.absolute()
+    while not folder.exists():
+        folder = folder.parent
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        return f"{folder}: {error.strerror}"
+    return None
 
 
 def _root_cause(error: BaseException) -> BaseException:
@@ -130,14 +184,26 @@ def _root_cause(error: BaseException) -> BaseException:
     return error
 
 
+def error_message(error: BaseException) -> str:
+    """An AlignlabError's sentence; a library's error in instantiating a component, with the component's key
+    (Hydra's `full_key:` line); else the first line."""
+    cause = _root_cause(error)
+    if isinstance(cause, AlignlabError):
+        return str(cause)
+    key = re.search(r"^full_key: (\S+)$", str(error), re.MULTILINE)
+    if isinstance(error, InstantiationException) and key and cause is not error:
+        return f"{key.group(1)}: {' '.join(str(cause).split())}"
+    return str(error).splitlines()[0]
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> float:
     try:
         return train(cfg)
     except (AlignlabError, InstantiationException, OmegaConfBaseException) as error:
-        cause = _root_cause(error)
-        message = str(cause) if isinstance(cause, AlignlabError) else str(error).splitlines()[0]
-        print(f"alignlab: error: {message}", file=sys.stderr)
+        say_error(error_message(error))
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # Hydra marks this job failed and runs the sweep's others (SystemExit would end the sweep)
         sys.exit(2)
 
 

@@ -12,6 +12,16 @@ import alignlab  # noqa: E402,F401  (torchvision repair first)
 from alignlab.models import build_tiny  # noqa: E402
 
 
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No hub downloads and an empty hub cache (huggingface_hub reads its settings once, at import)."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     """Frozen tiny model: tests must not modify it (use `fresh_tiny` to train)."""

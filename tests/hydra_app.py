@@ -1,13 +1,18 @@
-"""Compose alignlab's config in-process, as `python -m alignlab.run` would, for tests."""
+"""Compose alignlab's config in-process, as `python -m alignlab.run` would, or run that command, for tests."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
+from safetensors.torch import load_file
 
 from alignlab.run import CONF_DIR
 
@@ -35,7 +40,26 @@ def compose_config(run_dir: Path | str, overrides: list[str] = ()) -> DictConfig
     return cfg
 
 
-def save_run_config(cfg: DictConfig, run_dir: Path) -> None:
-    """Write <run_dir>/.hydra/config.yaml as `python -m alignlab.run` does (what `alignlab.evaluate` reads)."""
-    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), run_dir / ".hydra" / "config.yaml")
+def start_cli(*args: str, cwd: Path) -> subprocess.Popen:
+    """`python -m alignlab.run *args` offline (no hub downloads, W&B offline), in the background."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    return subprocess.Popen([sys.executable, "-m", "alignlab.run", *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m alignlab.run *args` offline, to its end."""
+    process = start_cli(*args, cwd=cwd)
+    stdout, stderr = process.communicate(timeout=300)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def comparable(rows: list[dict]) -> list[dict]:
+    """Metrics rows without their wall times: what two equivalent runs must agree on exactly."""
+    return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in rows]
+
+
+def same_lora(a: Path, b: Path) -> bool:
+    """Whether two run directories exported bit-identical LoRA weights."""
+    x, y = (load_file(d / "lora" / "pytorch_lora_weights.safetensors") for d in (a, b))
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)

@@ -85,3 +85,20 @@ def test_asyndm_paper_preset(tmp_path):
     entries = cfg.prompts.train
     assert len(entries) == 40 and all(len(e["items"]) == 2 for e in entries)
     assert {e["k"] for e in entries} == {0.3, 0.5, 0.7}
+
+
+def test_asyndm_on_world_prompts_judges_every_variant_with_the_oracle(tmp_path):
+    """With the oracle as the reward, the oracle columns must repeat the reward columns exactly."""
+    cfg = compose_config(tmp_path, ["method=asyndm", "reward=oracle", "logger=none", "sampler.num_steps=4",
+                                    "sampler.progress=false", "trainer.enable_progress_bar=false", "method.split=test",
+                                    "prompts.per_category=1", "method.images_per_prompt=2", "method.batch_size=4"])
+    train(cfg)
+    table = json.loads((tmp_path / "asyndm" / "table.json").read_text())
+    assert table["images"] == 4
+    for variant, row in table["variants"].items():
+        scores = [image["oracle"][variant] for image in table["per_image"]]
+        assert scores == [image[variant] for image in table["per_image"]]
+        assert row["oracle_score"] == pytest.approx(row["reward_mean"])
+        assert row["oracle_accuracy"] == sum(image["passed"][variant] for image in table["per_image"]) / 4
+        assert all(image["passed"][variant] == (image[variant] == 1.0) for image in table["per_image"])
+    assert "oracle accuracy |" in (tmp_path / "asyndm" / "table.md").read_text()

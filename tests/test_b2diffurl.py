@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from alignlab.core.branching import branch_sample
 from alignlab.core.sampling import DDIMSampler
@@ -15,7 +14,7 @@ from alignlab.methods.b2diffurl import B2DiffuRL
 from alignlab.models import add_lora, trainable_parameters
 from alignlab.prompts import PromptSet
 from alignlab.run import train
-from tests.hydra_app import compose_config
+from tests.hydra_app import comparable, compose_config, same_lora
 
 
 # -- stage schedule -----------------------------------------------------------------------------
@@ -242,10 +241,6 @@ def run(run_dir, *overrides):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def _comparable(rows):
-    return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in rows]
-
-
 def test_two_stages_write_the_contract_and_equal_one_stage_resume_one_stage(tmp_path):
     straight = run(tmp_path / "a", "trainer.max_epochs=2")
     assert [r["round"] for r in straight] == [0, 1] and [r["split_step"] for r in straight] == [1.0, 3.0]
@@ -264,10 +259,8 @@ def test_two_stages_write_the_contract_and_equal_one_stage_resume_one_stage(tmp_
 
     run(tmp_path / "b", "trainer.max_epochs=1")
     resumed = run(tmp_path / "b", "trainer.max_epochs=2")
-    assert _comparable(straight) == _comparable(resumed)
-    a = load_file(tmp_path / "a" / "lora" / "pytorch_lora_weights.safetensors")
-    b = load_file(tmp_path / "b" / "lora" / "pytorch_lora_weights.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert comparable(straight) == comparable(resumed)
+    assert same_lora(tmp_path / "a", tmp_path / "b")
 
 
 def test_stage_without_survivors_still_logs(tmp_path):

@@ -10,10 +10,11 @@ import torch
 from alignlab.core.sampling import DDIMSampler
 from alignlab.eval import evaluate_prompts
 from alignlab.eval.callback import eval_due
+from alignlab.eval.evaluate import pairwise_diversity
 from alignlab.evaluate import main as evaluate_main
 from alignlab.rewards import JpegCompressibility
-from alignlab.run import train
-from tests.hydra_app import FAST, compose_config, save_run_config
+from alignlab.run import record_config, train
+from tests.hydra_app import FAST, compose_config
 
 # the smallest run that still trains: 2 samples per round, 2 sampling steps, 1 trained timestep each
 SMALL = [*FAST, "prompts=simple", "sampler.num_steps=2", "method.sample_batch_size=2", "method.train_batch_size=2",
@@ -49,12 +50,9 @@ def rows(run_dir: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The same 2-round run with evaluation every round and without; the first gets .hydra/config.yaml
-    as `python -m alignlab.run` writes it."""
+    """The same 2-round run with evaluation every round and without."""
     base = tmp_path_factory.mktemp("eval_runs")
-    cfg = compose_config(base / "with", [*SMALL, *EVAL, "eval.every=1"])
-    train(cfg)
-    save_run_config(cfg, base / "with")
+    train(compose_config(base / "with", [*SMALL, *EVAL, "eval.every=1"]))
     train(compose_config(base / "without", [*SMALL, *EVAL, "eval.every=0"]))
     return base / "with", base / "without"
 
@@ -115,3 +113,30 @@ def test_cli_missing_lora_is_one_line(runs, tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no LoRA weights" in err[0]
+
+
+def test_diversity_is_the_mean_pairwise_cosine_distance_within_each_prompt():
+    a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    assert pairwise_diversity(torch.stack([a, a, a, b]), 2) == [0.0, 1.0]  # identical images; orthogonal ones
+    assert pairwise_diversity(torch.stack([a, a, -a]), 3) == pytest.approx([4 / 3])  # pairs at 0, 2 and 2
+
+
+def test_cli_on_world_prompts_adds_diversity_and_the_oracle_per_category(tmp_path):
+    cfg = compose_config(tmp_path, ["sampler.num_steps=3", "sampler.progress=false", "prompts.per_category=1",
+                                    "prompts.categories=[single_object,colour_attr]"])
+    record_config(cfg, tmp_path)  # a run directory, as alignlab.run starts it
+    options = [f"run_dir={tmp_path}", "samples_per_prompt=3", "max_prompts=2", "batch_size=6"]
+    report = evaluate_main([*options, "rewards=[clip]", "name=base_test", "--base"])
+    saved = json.loads((tmp_path / "eval" / "base_test.json").read_text())
+    assert saved["diversity"] == report["diversity"] and list(saved["diversity_per_prompt"]) == saved["prompts"]
+    per_prompt = list(saved["diversity_per_prompt"].values())
+    assert saved["diversity"] == pytest.approx(sum(per_prompt) / 2) and all(0 < d < 2 for d in per_prompt)
+    categories = saved["oracle_by_category"]
+    assert list(categories) == ["single_object", "colour_attr"] and [c["images"] for c in categories.values()] == [3, 3]
+    for key in ("oracle_score", "oracle_accuracy"):  # equal image counts: the overall value is the categories' mean
+        assert saved[key] == pytest.approx(sum(c[key] for c in categories.values()) / 2)
+    table = (tmp_path / "eval" / "base_test.md").read_text()
+    assert f"{saved['diversity']:.4f}" in table and "| colour_attr | 3 |" in table
+    assert (tmp_path / "eval" / "base_test_grid.png").exists() and not (tmp_path / "eval" / "base.json").exists()
+    gold = evaluate_main([*options, "rewards=[oracle]", "name=oracle", "--base"])  # no CLIP: no diversity
+    assert "diversity" not in gold and gold["reward_mean"] == pytest.approx(saved["oracle_score"])

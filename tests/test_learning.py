@@ -6,7 +6,7 @@ import pytest
 
 from alignlab.evaluate import evaluate_run
 from alignlab.run import train
-from tests.hydra_app import compose_config, save_run_config
+from tests.hydra_app import compose_config
 
 LEARN = [
     "model=tiny",
@@ -58,9 +58,7 @@ def test_world_clip_at_equal_image_budget(tmp_path, method):
     """The default world job of each method, 20 rounds of 64 images (~4 min each on 2 cores): world-CLIP
     reward of the final weights vs the pre-trained model on the same 64 fixed-noise train rows. DDPO must
     raise it; B²-DiffuRL's result is printed next to DDPO's (which method wins is the study's question)."""
-    cfg = compose_config(tmp_path, [f"method={method}", *WORLD])
-    train(cfg)
-    save_run_config(cfg, tmp_path)
+    train(compose_config(tmp_path, [f"method={method}", *WORLD]))
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     images = sum(r["samples_per_round"] for r in rows)
     base = evaluate_run(tmp_path, base=True)  # the run's eval rows (same prompts and noise), pre-trained weights

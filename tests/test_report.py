@@ -33,3 +33,31 @@ def test_summary_reads_first_last_and_eval_values(tmp_path):
 def test_a_directory_without_runs_is_one_sentence(tmp_path):
     with pytest.raises(SystemExit, match="no run directories"):
         main([str(tmp_path)])
+
+
+def test_labels_keep_only_what_differs_between_runs(tmp_path):
+    _run(tmp_path / "0", ["model=tiny", "seed=0", "logger=none"], [{"round": 0, "reward_mean": 0.1}])
+    _run(tmp_path / "1", ["model=tiny", "seed=1", "logger=none"], [{"round": 0, "reward_mean": 0.2}])
+    _run(tmp_path / "2", ["model=tiny", "seed=1", "logger=none"], [{"round": 0, "reward_mean": 0.3}])  # a rerun
+    runs = write_summary(tmp_path)
+    assert {label: run["reward_last"] for label, run in runs.items()} == {"seed=0": 0.1, "seed=1": 0.2,
+                                                                         "seed=1 (2)": 0.3}
+    assert "Every run: `model=tiny logger=none`" in (tmp_path / "summary.md").read_text()
+
+
+def test_runs_that_differ_only_by_seed_pool_into_mean_and_std(tmp_path):
+    for i, (method, seed, reward) in enumerate([("ddpo", 0, 0.1), ("ddpo", 1, 0.3), ("ddpo", 2, 0.5),
+                                                ("b2diffurl", 0, 0.2)]):
+        _run(tmp_path / str(i), [f"method={method}", f"seed={seed}", "logger=none"],
+             [{"round": 0, "reward_mean": 0.0}, {"round": 1, "reward_mean": reward}])
+    write_summary(tmp_path)
+    seeds = json.loads((tmp_path / "summary_seeds.json").read_text())
+    assert seeds["method=ddpo"]["runs"] == ["method=ddpo seed=0", "method=ddpo seed=1", "method=ddpo seed=2"]
+    ddpo = seeds["method=ddpo"]["reward_last"]
+    assert (ddpo["seeds"], ddpo["mean"], ddpo["std"]) == (3, pytest.approx(0.3), pytest.approx(0.2))  # sample std
+    assert seeds["method=b2diffurl"]["reward_last"] == {"mean": 0.2, "std": None, "seeds": 1}
+    assert seeds["method=ddpo"]["eval/reward_mean"] is None
+    table = (tmp_path / "summary.md").read_text()
+    assert "| method=ddpo | 3 | 2 ± 0 | 0 ± 0 | 0.3 ± 0.2 |" in table
+    assert "| method=b2diffurl | 1 | 2 | 0 | 0.2 |" in table
+    assert "| method=ddpo seed=1 | 2 | 0 | 0.3 |" in table  # the per-run rows stay

@@ -108,8 +108,11 @@ def test_clip_score_depends_on_the_prompt(tiny_clip_score):
 
 
 def test_missing_checkpoint_file_raises_weights_not_found(tiny_clip_checkpoint, tmp_path):
-    # The fixture registers TINY_CLIP, so the failure can only come from the missing file.
-    reward = ClipScore(model_name=TINY_CLIP, pretrained=str(tmp_path / "missing.bin"))
+    # The fixture registers TINY_CLIP, so the failure can only come from the missing file: a path fails
+    # when the reward is built, a bare file name (it could have been a tag) at the first call.
+    with pytest.raises(WeightsNotFoundError, match="reward.pretrained"):
+        ClipScore(model_name=TINY_CLIP, pretrained=str(tmp_path / "missing.bin"))
+    reward = ClipScore(model_name=TINY_CLIP, pretrained="missing.bin")
     with pytest.raises(WeightsNotFoundError, match="reward.pretrained"):
         reward(random_images(1), ["a cat"])
 

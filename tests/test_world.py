@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 import alignlab.world.pretraining as pretraining
 from alignlab.core.sampling import DDIMSampler
+from alignlab.errors import ConfigError
 from alignlab.eval.evaluate import evaluate_prompts
 from alignlab.world.clip import CHECKPOINT, NAME, hard_negative
 from alignlab.world.grammar import (
@@ -47,6 +48,14 @@ def test_world_prompt_set_carries_items_and_keeps_splits_apart():
     items = prompts.items_for("two red circles")
     assert [(i.word, i.k, i.threshold) for i in items] == [("circles", 0.5, 0.015)]
     assert all(spec_of(p).split == "test" for p in prompts.test)
+
+
+def test_world_prompt_set_k_overrides_every_items_curvature():
+    prompts = world_prompt_set(["single_object", "position"], per_category=2, k=0.3)
+    assert {i.k for p in prompts.train + prompts.test for i in prompts.items_for(p)} == {0.3}
+    assert {i.k for i in world_prompt_set(["single_object"], per_category=1).items_for("a red circle")} == {0.7}
+    with pytest.raises(ConfigError, match="prompts.k must be in"):
+        world_prompt_set(k=1.0)
 
 
 def test_haar_latent_is_exact_orthonormal_and_zero_on_background():

@@ -34,6 +34,10 @@ class EvalCallback(L.Callback):
                  split: str = "test", batch_size: int = 8):
         if split not in ("test", "train"):
             raise ConfigError(f"eval.split must be test or train, got {split!r}")
+        for key, value in [("samples_per_prompt", samples_per_prompt), ("max_prompts", max_prompts),
+                           ("batch_size", batch_size)]:
+            if value < 1:
+                raise ConfigError(f"eval.{key} must be >= 1, got {value}")
         self.run_dir = Path(run_dir)
         self.every, self.samples_per_prompt, self.max_prompts = every, samples_per_prompt, max_prompts
         self.split, self.batch_size = split, batch_size

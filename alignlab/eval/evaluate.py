@@ -82,3 +82,15 @@ def evaluate_prompts(model, sampler, reward, prompts: list[str], samples_per_pro
         "prompts": rows,
         "rewards": scores.tolist(),
     }
+
+
+def pairwise_diversity(embeddings: torch.Tensor, samples_per_prompt: int) -> list[float]:
+    """Per prompt (its rows consecutive, as evaluate_prompts orders them), the mean cosine distance 1 - cos
+    over all pairs of its images' L2-normalised embeddings: the diversity B²-DiffuRL reports, 0 when every
+    image of a prompt looks the same to the embedding."""
+    if samples_per_prompt < 2:
+        raise ValueError("diversity needs at least 2 samples per prompt")
+    groups = embeddings.float().reshape(-1, samples_per_prompt, embeddings.shape[-1])
+    similarity = groups @ groups.transpose(1, 2)
+    off_diagonal = similarity.sum(dim=(1, 2)) - similarity.diagonal(dim1=1, dim2=2).sum(dim=1)
+    return (1 - off_diagonal / (samples_per_prompt * (samples_per_prompt - 1))).tolist()

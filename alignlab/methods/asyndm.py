@@ -5,6 +5,7 @@ Every image of the prompt split is generated three times from the SAME initial a
 timestep schedules. Writes <run dir>/asyndm/: table.md and table.json (reward per variant, paired
 difference and win rate against DM), triplets.png (DM | DM_concave | AsynDM per image) and
 timestep_maps.png (AsynDM's per-pixel timesteps at a few steps: the item masks, brighter = noisier).
+On shapes-world prompts every image is also judged by the world's oracle (ground truth next to the reward).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from alignlab.core.sampling import Trajectory
 from alignlab.errors import ConfigError
 from alignlab.methods.base import RLMethod
 from alignlab.training.artifacts import sample_grid
+from alignlab.world.grammar import is_world_prompt
+from alignlab.world.oracle import score_images
 
 MASK_IMAGES = 4  # images shown in the timestep-map picture
 
@@ -47,8 +50,13 @@ class AsynDM(RLMethod):
             raise ConfigError(f"method=asyndm needs prompts with item words in the '{split}' split of prompt set "
                               f"'{prompts.name}' (e.g. prompts=asyn_animals)")
         self.rows = [p for p in pool for _ in range(images_per_prompt)]
+        self.gold = all(map(is_world_prompt, self.rows))  # the oracle can judge every image
         self.batch_size, self.mask_steps = batch_size, mask_steps
         self.results: dict[str, list] = defaultdict(list)
+
+    def setup(self, stage: str) -> None:
+        if self.world_size > 1:  # each rank would write its part of the rows over the others' tables
+            raise ConfigError("method=asyndm evaluates in one process: run it without trainer=ddp/fsdp")
 
     def on_test_epoch_start(self) -> None:
         self.results = defaultdict(list)
@@ -79,6 +87,10 @@ class AsynDM(RLMethod):
         for variant, traj in self.generate(first).items():
             images = self.model.decode(traj.final)
             self.results[variant] += self.reward(images, prompts).float().cpu().tolist()
+            if self.gold:
+                scores, passed = score_images(images, prompts)
+                self.results[f"{variant}_oracle"] += scores.cpu().tolist()
+                self.results[f"{variant}_passed"] += passed.cpu().tolist()
             self.results[f"{variant}_images"].append(images[:keep].cpu())
             if variant == "asyndm":
                 self.results["timesteps"].append(traj.timesteps[:keep_maps].cpu())
@@ -89,6 +101,8 @@ class AsynDM(RLMethod):
         table = self.comparison()
         for variant, row in table["variants"].items():
             self.log(f"reward/{variant}", row["reward_mean"])
+            if self.gold:
+                self.log(f"oracle_accuracy/{variant}", row["oracle_accuracy"])
         self.log("reward_mean", table["variants"]["asyndm"]["reward_mean"])
         if not self.trainer.is_global_zero:
             return
@@ -103,13 +117,21 @@ class AsynDM(RLMethod):
                     logger.log_image(f"asyndm/{name}", [grid])
 
     def comparison(self) -> dict:
-        """Reward mean/std per variant, and paired (same noise) difference and win rate against DM."""
+        """Reward mean/std per variant, and paired (same noise) difference and win rate against DM; on world
+        prompts also the oracle's mean score and strict accuracy per variant, and per image."""
         rewards = {v: torch.tensor(self.results[v]) for v in VARIANTS}
         variants = {v: {"reward_mean": r.mean().item(), "reward_std": r.std(unbiased=False).item(),
                         "delta_vs_dm": (r - rewards["dm"]).mean().item(),
                         "win_rate_vs_dm": (r > rewards["dm"]).float().mean().item()} for v, r in rewards.items()}
         per_image = [{"prompt": p, **{v: rewards[v][i].item() for v in VARIANTS}}
                      for i, p in enumerate(self.results["prompts"])]
+        if self.gold:
+            for v in VARIANTS:
+                variants[v]["oracle_score"] = float(torch.tensor(self.results[f"{v}_oracle"]).mean())
+                variants[v]["oracle_accuracy"] = float(torch.tensor(self.results[f"{v}_passed"]).float().mean())
+            for i, row in enumerate(per_image):
+                row["oracle"] = {v: self.results[f"{v}_oracle"][i] for v in VARIANTS}
+                row["passed"] = {v: self.results[f"{v}_passed"][i] for v in VARIANTS}
         return {"reward": getattr(self.reward, "name", type(self.reward).__name__), "images": len(per_image),
                 "num_steps": self.sampler.num_steps, "curve": self.sampler.curve, "mask_mode": self.sampler.mask_mode,
                 "variants": variants, "per_image": per_image}
@@ -144,9 +166,11 @@ class AsynDM(RLMethod):
 def markdown(table: dict) -> str:
     title = (f"# AsynDM comparison: {table['images']} images, reward {table['reward']}, {table['num_steps']} steps, "
              f"curve {table['curve']}, {table['mask_mode']} masks")
-    lines = [title, "", "| variant | reward mean | reward std | Δ vs DM (same noise) | win rate vs DM |",
-             "|---|---|---|---|---|"]
+    gold = "oracle_score" in table["variants"]["dm"]
+    lines = [title, "", "| variant | reward mean | reward std | Δ vs DM (same noise) | win rate vs DM |"
+             + (" oracle score | oracle accuracy |" if gold else ""), "|---|---|---|---|---|" + "---|---|" * gold]
     for variant, row in table["variants"].items():
         lines.append(f"| {variant} | {row['reward_mean']:.4g} | {row['reward_std']:.4g} | {row['delta_vs_dm']:+.4g} "
-                     f"| {row['win_rate_vs_dm']:.2f} |")
+                     f"| {row['win_rate_vs_dm']:.2f} |"
+                     + (f" {row['oracle_score']:.3f} | {row['oracle_accuracy']:.3f} |" if gold else ""))
     return "\n".join(lines) + "\n"

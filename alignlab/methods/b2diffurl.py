@@ -81,6 +81,14 @@ class B2DiffuRL(DDPO):
         """The bound, with both siblings of every family kept: Lightning plans every epoch with it."""
         return self.num_inner_epochs * math.ceil(2 * self.samples_per_round / self.train_batch_size)
 
+    def family_prompts(self) -> list[str]:
+        """This rank's share of the round's prompts, each repeated K times (one per sibling). Noise comes from
+        one generator per rank (branch_sample draws a batch's branches from one), so unlike DDPO's rows a
+        data-parallel round is not the same samples as one process of the combined size."""
+        prompts = self.share_of_round(self.prompts.sample(self.samples_per_round * self.world_size,
+                                                          self.generator(0)))
+        return [p for p in prompts for _ in range(self.num_branches)]
+
     def sample_batch(self, prompts: list[str], negative: torch.Tensor, generator: torch.Generator):
         """`prompts` repeats each family's prompt K times in a row: one prefix per family, then K branches."""
         model, k = self.model, self.num_branches
@@ -92,16 +100,17 @@ class B2DiffuRL(DDPO):
 
     def start_round(self) -> list[dict]:
         k = self.num_branches
-        prompts = [p for p in self.prompts.sample(self.samples_per_round, self.generator(0)) for _ in range(k)]
+        prompts = self.family_prompts()
         traj, rewards, images = self.rollout(prompts, self.sample_batch_size * k, self.generator(2))
-        z = self.zscores.update(prompts, rewards)
+        round_prompts, round_rewards, mine = self.gather_round(prompts, rewards)
+        z = self.zscores.update(round_prompts, round_rewards)[mine]
         rows, is_best = select_siblings(z.view(-1, k), self.pos_threshold, self.neg_threshold)
         kept_z = z[rows].clamp(-self.adv_clip_max, self.adv_clip_max)
         weight = torch.where(kept_z > 0, self.beta1, self.beta2)  # by sign, as the official trainer does
         batches = self.micro_batches(len(rows), self.generator(1)) if len(rows) else []
         self.buffer = {"traj": traj.index(rows), "advantages": kept_z * weight,
                        "negative": self.model.encode_prompts([""]), "micro_batches": len(batches)}
-        self.log_rollout(images, prompts, rewards)
+        self.log_rollout(images, prompts, rewards, round_rewards)
         self.stats["split_step"].append(float(self.split_step))
         self.stats["kept_positive"].append(float(is_best.sum()))
         self.stats["kept_negative"].append(float((~is_best).sum()))
@@ -142,9 +151,10 @@ class B2DiffuRLDPO(B2DiffuRL):
 
     def start_round(self) -> list[dict]:
         k = self.num_branches
-        prompts = [p for p in self.prompts.sample(self.samples_per_round, self.generator(0)) for _ in range(k)]
+        prompts = self.family_prompts()
         traj, rewards, images = self.rollout(prompts, self.sample_batch_size * k, self.generator(2))
-        z = self.zscores.update(prompts, rewards).view(-1, k)
+        round_prompts, round_rewards, mine = self.gather_round(prompts, rewards)
+        z = self.zscores.update(round_prompts, round_rewards)[mine].view(-1, k)
         families = torch.arange(z.shape[0])
         best, worst = z.argmax(dim=1), z.argmin(dim=1)
         paired = (z[families, best] >= self.pos_threshold) & (z[families, worst] < self.neg_threshold)
@@ -158,7 +168,7 @@ class B2DiffuRLDPO(B2DiffuRL):
         self.buffer = {"traj": kept, "winners": pairs, "losers": pairs + len(winners),
                        "ref_log_probs": self.reference_log_probs(kept) if len(winners) else None,
                        "negative": self.model.encode_prompts([""]), "micro_batches": len(batches)}
-        self.log_rollout(images, prompts, rewards)
+        self.log_rollout(images, prompts, rewards, round_rewards)
         self.stats["split_step"].append(float(self.split_step))
         self.stats["pairs"].append(float(len(winners)))
         if len(winners):
@@ -166,7 +176,7 @@ class B2DiffuRLDPO(B2DiffuRL):
             self.stats["reward_loser"].append(rewards[losers].mean().item())
         return batches
 
-    def training_step(self, batch: dict, batch_idx: int) -> None:
+    def train_micro_batch(self, batch: dict, batch_idx: int) -> None:
         pairs = batch["pairs"]
         self.trajectory_update(self.buffer["winners"][pairs], self.buffer["losers"][pairs], batch["steps"])
         self.after_micro_batch(batch_idx)

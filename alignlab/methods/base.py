@@ -23,10 +23,14 @@ class RLMethod(L.LightningModule):
     """A LightningModule whose epochs are RL rounds (manual optimisation).
 
     Subclasses implement `start_round()` (rollout, rewards, targets -> list of micro-batches),
-    `micro_batches_per_round()` and `training_step()`. Randomness is drawn from generators seeded by
-    (seed, round, rank, stream), so a resumed run replays exactly what an uninterrupted one does.
-    `round_index` (rounds completed) is our own checkpointed counter: Lightning's `current_epoch` is
-    not yet restored when a resumed run's first round starts.
+    `micro_batches_per_round()`, `train_micro_batch()` and `backward_passes_per_micro_batch()`. Randomness
+    is drawn from generators seeded by (seed, round, rank, stream), so a resumed run replays exactly what
+    an uninterrupted one does. `round_index` (rounds completed) is our own checkpointed counter:
+    Lightning's `current_epoch` is not yet restored when a resumed run's first round starts.
+
+    Data-parallel (trainer=ddp, docs/scaling.md): every rank draws the round's global prompt list and
+    takes its share, sample rows are keyed by their global index, rewards are gathered before they are
+    normalised, and every rank runs as many micro-batches as the busiest one.
     """
 
     def __init__(self, model, sampler, reward, optimizer, prompts, seed: int = 0, log_images: int = 16,
@@ -42,14 +46,54 @@ class RLMethod(L.LightningModule):
         self.round_index = 0
         self.grad_accum, self.max_grad_norm = gradient_accumulation_steps, max_grad_norm
         self.micro_step = 0
+        self.first_row = 0  # global index of this rank's first sample row this round (share_of_round)
+        self.idle_batches = 0  # this round's padding micro-batches (round_batches)
 
     # -- randomness ---------------------------------------------------------------------------
     def generator(self, stream: int, row: int | None = None) -> torch.Generator:
-        """A CPU generator for this round, rank and purpose (0 prompts, 1 update order, 2 noise, ...),
-        optionally for one sample row of the round."""
-        key = [self.seed, self.round_index, self.global_rank, stream] + ([row] if row is not None else [])
+        """A CPU generator for this round and purpose (0 prompts, 1 update order, 2 noise, ...), one per rank.
+
+        The same on every rank for stream 0 (each rank takes its share of the round's prompts) and for sample
+        row `row` of this rank, which is keyed by its global index `first_row + row`: W ranks of n rows
+        draw exactly the rows of one process of W·n rows."""
+        shared = stream == 0 or row is not None
+        key = [self.seed, self.round_index, 0 if shared else self.global_rank, stream]
+        key += [] if row is None else [self.first_row + row]
         seq = np.random.SeedSequence(key)
         return torch.Generator().manual_seed(int(seq.generate_state(1, dtype=np.uint64)[0] >> 1))
+
+    # -- data parallelism ---------------------------------------------------------------------
+    @property
+    def world_size(self) -> int:
+        return self.trainer.world_size if self._trainer else 1
+
+    def share_of_round(self, rows: list) -> list:
+        """This rank's equal share of the round's global `rows` (drawn alike on every rank); sets `first_row`."""
+        count = len(rows) // self.world_size
+        self.first_row = self.global_rank * count
+        return rows[self.first_row : self.first_row + count]
+
+    def gather_round(self, prompts: list[str], rewards: torch.Tensor) -> tuple[list[str], torch.Tensor, slice]:
+        """Every rank's prompts and rewards in rank order, and where this rank's rows lie in them: per-prompt
+        statistics must see the whole round, and stay identical on every rank (rank 0 checkpoints them)."""
+        if self.world_size == 1:
+            return prompts, rewards, slice(None)
+        parts = [None] * self.world_size
+        torch.distributed.all_gather_object(parts, (prompts, rewards.cpu()))
+        first = sum(len(p) for p, _ in parts[: self.global_rank])
+        every_prompt = [prompt for part, _ in parts for prompt in part]
+        every_reward = torch.cat([r for _, r in parts]).to(rewards.device)
+        return every_prompt, every_reward, slice(first, first + len(prompts))
+
+    def round_batches(self) -> list[dict]:
+        """The round's micro-batches, padded with idle ones to the most any rank has: every backward pass
+        all-reduces gradients across ranks, so all ranks must make as many."""
+        batches = self.start_round()
+        most = len(batches)
+        if self.world_size > 1:
+            most = int(self.trainer.strategy.reduce(torch.tensor(most, device=self.device), reduce_op="max"))
+        self.idle_batches = most - len(batches)
+        return batches + [{"idle": True}] * self.idle_batches
 
     # -- rollouts -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -63,7 +107,8 @@ class RLMethod(L.LightningModule):
         for first in tqdm(range(0, len(prompts), batch_size), desc=f"round {self.round_index} rollout",
                           leave=False):
             chunk = prompts[first : first + batch_size]
-            traj = self.sample_batch(chunk, negative, generator)
+            rows = generator[first : first + batch_size] if isinstance(generator, list) else generator
+            traj = self.sample_batch(chunk, negative, rows)
             decoded = model.decode(traj.final)
             rewards.append(self.reward(decoded, chunk).float().to(self.device))
             parts.append(traj)
@@ -91,12 +136,13 @@ class RLMethod(L.LightningModule):
         return ItemBatch.build(self.model.tokenizer, prompts, [self.prompts.items_for(p) for p in prompts])
 
     def grouped_rollout(self, prompt_count: int, samples_per_prompt: int, batch_size: int):
-        """`samples_per_prompt` samples for each of `prompt_count` distinct train prompts (every prompt once
-        per round when the set has that many, as the papers' templates are used; cycling otherwise),
+        """`samples_per_prompt` samples for each of `prompt_count` distinct train prompts per rank (every prompt
+        once per round when the set has that many, as the papers' templates are used; cycling otherwise),
         each row with its own generator so it can be replayed. Rows of a prompt are consecutive."""
         pool = self.prompts.train
         order = torch.randperm(len(pool), generator=self.generator(0)).tolist()
-        prompts = [pool[order[i % len(pool)]] for i in range(prompt_count) for _ in range(samples_per_prompt)]
+        prompts = self.share_of_round([pool[order[i % len(pool)]] for i in range(prompt_count * self.world_size)
+                                       for _ in range(samples_per_prompt)])
         generators = [self.generator(2, row) for row in range(len(prompts))]
         return (prompts, *self.rollout(prompts, batch_size, generators))
 
@@ -105,10 +151,23 @@ class RLMethod(L.LightningModule):
         self.showcase = {"images": images[:n], "prompts": prompts[:n], "rewards": rewards[:n].tolist()}
 
     # -- updates ------------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        if batch.get("idle"):
+            self.idle_step(batch_idx)
+        else:
+            self.train_micro_batch(batch, batch_idx)
+
+    def idle_step(self, batch_idx: int) -> None:
+        """A padding micro-batch: zero-gradient backward passes, as many as a real micro-batch makes, so that
+        this rank joins the other ranks' gradient all-reduces and optimizer steps."""
+        for _ in range(self.backward_passes_per_micro_batch()):
+            self.manual_backward(sum(p.sum() for p in trainable_parameters(self.model)) * 0.0)
+        self.after_micro_batch(batch_idx)
+
     def after_micro_batch(self, batch_idx: int) -> None:
         """Step the optimizer every `gradient_accumulation_steps` micro-batches and at the round's end."""
         self.micro_step += 1
-        if self.micro_step % self.grad_accum == 0 or batch_idx == self.round_length() - 1:
+        if self.micro_step % self.grad_accum == 0 or batch_idx == self.round_length() + self.idle_batches - 1:
             self.optimizer_step()
 
     def round_length(self) -> int:

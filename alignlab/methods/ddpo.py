@@ -41,7 +41,8 @@ class DDPO(RLMethod):
                          gradient_accumulation_steps, max_grad_norm)
         for key, value in [("sample_batch_size", sample_batch_size), ("num_batches_per_round", num_batches_per_round),
                            ("train_batch_size", train_batch_size), ("num_inner_epochs", num_inner_epochs),
-                           ("gradient_accumulation_steps", gradient_accumulation_steps)]:
+                           ("gradient_accumulation_steps", gradient_accumulation_steps),
+                           ("stat_buffer_size", stat_buffer_size), ("stat_min_count", stat_min_count)]:
             if value < 1:
                 raise ConfigError(f"method.{key} must be >= 1, got {value}")
         if not 0 < timestep_fraction <= 1:
@@ -76,28 +77,33 @@ class DDPO(RLMethod):
         return self.buffer["micro_batches"]
 
     def advantages(self, prompts: list[str], rewards: torch.Tensor) -> torch.Tensor:
+        """Normalised rewards of the whole round (all ranks' rows: see gather_round)."""
         return self.tracker.update(prompts, rewards) if self.tracker else batch_zscore(rewards)
 
     def start_round(self) -> list[dict]:
-        prompts = self.prompts.sample(self.samples_per_round, self.generator(0))
-        traj, rewards, images = self.rollout(prompts, self.sample_batch_size, self.generator(2))
+        prompts = self.share_of_round(self.prompts.sample(self.samples_per_round * self.world_size,
+                                                          self.generator(0)))
+        generators = [self.generator(2, row) for row in range(len(prompts))]
+        traj, rewards, images = self.rollout(prompts, self.sample_batch_size, generators)
         keep = torch.isfinite(rewards)  # a sample whose reward is NaN/inf is dropped (counted by rollout)
         if not bool(keep.all()):
             rows = keep.nonzero()[:, 0]
             traj, rewards, images = traj.index(rows.to(traj.latents.device)), rewards[rows], images[rows.cpu()]
             prompts = [prompts[i] for i in rows.tolist()]
         batches = self.micro_batches(len(prompts), self.generator(1))
-        self.buffer = {"traj": traj, "advantages": self.advantages(prompts, rewards),
+        round_prompts, round_rewards, mine = self.gather_round(prompts, rewards)
+        self.buffer = {"traj": traj, "advantages": self.advantages(round_prompts, round_rewards)[mine],
                        "negative": self.model.encode_prompts([""]), "micro_batches": len(batches)}
-        self.log_rollout(images, prompts, rewards)
+        self.log_rollout(images, prompts, rewards, round_rewards)
         return batches
 
-    def log_rollout(self, images: torch.Tensor, prompts: list[str], rewards: torch.Tensor) -> None:
-        """The round's sample grid and reward statistics."""
+    def log_rollout(self, images: torch.Tensor, prompts: list[str], rewards: torch.Tensor,
+                    round_rewards: torch.Tensor) -> None:
+        """The sample grid (this rank's) and the reward statistics (the whole round's)."""
         self.keep_showcase(images, prompts, rewards)
-        self.stats["reward_mean"].append(rewards.mean().item())
-        self.stats["reward_std"].append(rewards.std(unbiased=False).item())
-        self.stats["samples_per_round"].append(float(len(prompts)))
+        self.stats["reward_mean"].append(round_rewards.mean().item())
+        self.stats["reward_std"].append(round_rewards.std(unbiased=False).item())
+        self.stats["samples_per_round"].append(float(len(round_rewards)))
 
     def micro_batches(self, total: int, generator: torch.Generator) -> list[dict]:
         """Shuffled sample indices, and per sample a random order of the timesteps it trains on."""
@@ -112,7 +118,10 @@ class DDPO(RLMethod):
                 batches.append({"rows": rows, "steps": step_order[rows, : self.train_timesteps]})
         return batches
 
-    def training_step(self, batch: dict, batch_idx: int) -> None:
+    def backward_passes_per_micro_batch(self) -> int:
+        return self.train_timesteps
+
+    def train_micro_batch(self, batch: dict, batch_idx: int) -> None:
         start = time.perf_counter()
         traj = self.buffer["traj"].index(batch["rows"])
         advantages = self.buffer["advantages"][batch["rows"]]

@@ -142,9 +142,11 @@ class DFusionDDPO(FusedPairs, DDPO):
         prompts = prompts + [prompts[i] for i in bases]
         rewards = torch.cat([rewards, target_rewards])
         batches = self.micro_batches(len(prompts), self.generator(1))
-        self.buffer = {"traj": Trajectory.cat([traj, target]), "advantages": self.advantages(prompts, rewards),
+        round_prompts, round_rewards, mine = self.gather_round(prompts, rewards)
+        self.buffer = {"traj": Trajectory.cat([traj, target]),
+                       "advantages": self.advantages(round_prompts, round_rewards)[mine],
                        "negative": self.model.encode_prompts([""]), "micro_batches": len(batches)}
-        self.log_rollout(images, prompts, rewards)
+        self.log_rollout(images, prompts, rewards, round_rewards)
         self.showcase = showcase  # the triplets, not the plain samples
         return batches
 

@@ -89,9 +89,10 @@ class DPO(RLMethod):
     def start_round(self) -> list[dict]:
         prompts, traj, rewards, images = self.grouped_rollout(self.prompts_per_round, self.samples_per_prompt,
                                                              self.sample_batch_size)
-        self.stats["reward_mean"].append(rewards.mean().item())
-        self.stats["reward_std"].append(rewards.std(unbiased=False).item())
-        self.stats["samples_per_round"].append(float(len(prompts)))
+        _, round_rewards, _ = self.gather_round(prompts, rewards)  # pairs are per prompt, within a rank
+        self.stats["reward_mean"].append(round_rewards.mean().item())
+        self.stats["reward_std"].append(round_rewards.std(unbiased=False).item())
+        self.stats["samples_per_round"].append(float(len(round_rewards)))
         traj, winners, losers = self.make_pairs(prompts, traj, rewards, images)
         self.buffer = {"traj": traj, "winners": winners.to(self.device), "losers": losers.to(self.device),
                        "negative": self.model.encode_prompts([""])}
@@ -114,9 +115,15 @@ class DPO(RLMethod):
                         self.model.unet, self.model.scheduler, part, step, negative, self.train_guidance)
         return out
 
+    @property
+    def train_timesteps(self) -> int:
+        return max(1, int(self.sampler.num_steps * self.timestep_fraction))
+
+    def backward_passes_per_micro_batch(self) -> int:
+        return self.train_timesteps if self.loss_kind == "trajectory" else 1
+
     def micro_batches(self, pairs: int, generator: torch.Generator) -> list[dict]:
-        steps = self.sampler.num_steps
-        keep = max(1, int(steps * self.timestep_fraction))
+        steps, keep = self.sampler.num_steps, self.train_timesteps
         train_t = self.model.scheduler.config.num_train_timesteps
         batches = []
         for _ in range(self.num_inner_epochs):
@@ -133,7 +140,7 @@ class DPO(RLMethod):
         return batches
 
     # -- update ---------------------------------------------------------------------------------
-    def training_step(self, batch: dict, batch_idx: int) -> None:
+    def train_micro_batch(self, batch: dict, batch_idx: int) -> None:
         start = time.perf_counter()
         win, lose = self.buffer["winners"][batch["pairs"]], self.buffer["losers"][batch["pairs"]]
         if self.loss_kind == "trajectory":

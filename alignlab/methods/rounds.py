@@ -14,7 +14,7 @@ class RoundDataset(IterableDataset):
         self.method = method
 
     def __iter__(self) -> Iterator[dict]:
-        return iter(self.method.start_round())
+        return iter(self.method.round_batches())
 
     def __len__(self) -> int:
         return self.method.micro_batches_per_round()

@@ -48,6 +48,9 @@ def _parse_entry(entry, name: str) -> tuple[str, list[Item]]:
 
 class PromptSet:
     def __init__(self, train: list, test: list | None = None, name: str = "prompts"):
+        for split, entries in (("train", train), ("test", test)):
+            if isinstance(entries, (str, Mapping)):
+                raise ConfigError(f"prompt set '{name}': {split} must be a list of prompts, got {entries!r}")
         train, test = [_parse_entry(e, name) for e in train or []], [_parse_entry(e, name) for e in test or []]
         self._items = {prompt: items for prompt, items in train + test if items}
         train, test = [prompt for prompt, _ in train], [prompt for prompt, _ in test]
@@ -56,6 +59,9 @@ class PromptSet:
         blank = [p for p in train + test if not p.strip()]
         if blank:
             raise ConfigError(f"prompt set '{name}' contains an empty prompt")
+        shared = sorted(set(train) & set(test))
+        if shared:
+            raise ConfigError(f"prompt set '{name}' lists {shared} in both train and test: test prompts are held out")
         self.train, self.test, self.name = train, test, name
 
     def sample(self, count: int, generator: torch.Generator, split: str = "train") -> list[str]:
@@ -69,6 +75,14 @@ class PromptSet:
         return self._items.get(prompt, [])
 
 
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """The parser's complaint and where, in one line (PyYAML's own message quotes the source over lines)."""
+    mark = getattr(error, "problem_mark", None)
+    if mark is None:
+        return " ".join(str(error).split())
+    return f"{error.problem} at line {mark.line + 1}, column {mark.column + 1}"
+
+
 def load_prompt_file(path: str, name: str | None = None) -> PromptSet:
     """A .txt file (one train prompt per line) or a .yaml/.json file with `train:` and `test:` lists."""
     file = Path(path)
@@ -76,7 +90,10 @@ def load_prompt_file(path: str, name: str | None = None) -> PromptSet:
         raise ConfigError(f"prompts.path: no such file '{path}'")
     if file.suffix == ".txt":
         return PromptSet([line for line in file.read_text().splitlines() if line.strip()], name=name or file.stem)
-    data = yaml.safe_load(file.read_text()) or {}
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"prompts.path: '{path}' is not valid YAML or JSON: {_yaml_problem(error)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"prompts.path: '{path}' must hold a mapping with 'train' and 'test' lists")
     return PromptSet(data.get("train"), data.get("test"), name=name or file.stem)

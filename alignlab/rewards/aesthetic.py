@@ -1,9 +1,9 @@
 """LAION aesthetic predictor reward (DDPO's "aesthetic"): an MLP on L2-normalised CLIP ViT-L/14 image
 embeddings, as in christophschuhmann/improved-aesthetic-predictor.
 
-The MLP weights (e.g. sac+logos+ava1-l14-linearMSE.pth) come from a local file given as `head_path`;
-the CLIP model and the head are loaded on the first call, so composing and instantiating configs
-stays cheap.
+The MLP weights (e.g. sac+logos+ava1-l14-linearMSE.pth) come from a local file given as `head_path`,
+which must exist when the reward is built; the CLIP model and the head are loaded on the first call,
+so composing and instantiating configs stays cheap.
 """
 
 from __future__ import annotations
@@ -34,13 +34,17 @@ def aesthetic_mlp() -> nn.Sequential:
     )
 
 
-def load_aesthetic_head(path: str | None) -> nn.Sequential:
-    """The MLP with the weights of a .pth/.safetensors state dict in the original `layers.N` layout."""
+def check_head_path(path: str | None) -> None:
     if path is None or not os.path.isfile(path):
         raise WeightsNotFoundError(
             f"The aesthetic reward needs the LAION aesthetic predictor's MLP weights (got {path!r}); "
             "pass reward.head_path=/path/to/sac+logos+ava1-l14-linearMSE.pth."
         )
+
+
+def load_aesthetic_head(path: str | None) -> nn.Sequential:
+    """The MLP with the weights of a .pth/.safetensors state dict in the original `layers.N` layout."""
+    check_head_path(path)
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
@@ -77,6 +81,7 @@ class AestheticScore(ChunkedReward):
         batch_size: int = 32,
         device: str | None = None,
     ):
+        check_head_path(head_path)  # a missing file fails before a run writes anything
         self.head_path = head_path
         self.clip_model = clip_model
         self.clip_pretrained = clip_pretrained
@@ -86,7 +91,7 @@ class AestheticScore(ChunkedReward):
         self._head: nn.Sequential | None = None
 
     def _load(self, device: torch.device) -> None:
-        head = load_aesthetic_head(self.head_path)  # the cheap check first
+        head = load_aesthetic_head(self.head_path)  # the cheap checks first
         clip = OpenClip(
             self.clip_model,
             self.clip_pretrained,

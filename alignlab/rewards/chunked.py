@@ -16,10 +16,14 @@ class ChunkedReward:
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         if len(prompts) != len(images):
             raise ValueError(f"Got {len(images)} images but {len(prompts)} prompts.")
-        if not self._loaded:
-            self._load(torch.device(self.device) if self.device else images.device)
-            self._loaded = True
+        self.load(images.device)
         size = self.batch_size
         scores = [self._score(images[start : start + size], prompts[start : start + size])
                   for start in range(0, len(images), size)]
         return torch.cat(scores).float().to(images.device)
+
+    def load(self, device: torch.device) -> None:
+        """Load the weights on first use: on `self.device`, else the given (the images') device."""
+        if not self._loaded:
+            self._load(torch.device(self.device) if self.device else device)
+            self._loaded = True

@@ -35,6 +35,11 @@ def resize_center_crop(
     return images[..., top : top + crop[0], left : left + crop[1]]
 
 
+def weights_not_found(model_name: str, pretrained: str, key: str) -> WeightsNotFoundError:
+    return WeightsNotFoundError(f"CLIP weights {pretrained!r} for {model_name} are neither an open_clip "
+                                f"pretrained tag nor an existing file; pass {key}=/path/to/checkpoint.")
+
+
 class OpenClip:
     """An OpenCLIP model with open_clip's eval transform done on tensors.
 
@@ -61,10 +66,7 @@ class OpenClip:
             )
         is_tag = pretrained is not None and open_clip.is_pretrained_cfg(model_name, pretrained)
         if pretrained is not None and not is_tag and not os.path.isfile(pretrained):
-            raise WeightsNotFoundError(
-                f"CLIP weights {pretrained!r} for {model_name} are neither an open_clip "
-                f"pretrained tag nor an existing file; pass {pretrained_key}=/path/to/checkpoint."
-            )
+            raise weights_not_found(model_name, pretrained, pretrained_key)
         self.device = device
         try:
             model = open_clip.create_model(model_name, pretrained=pretrained, device=device)
@@ -117,6 +119,8 @@ class ClipScore(ChunkedReward):
         batch_size: int = 32,
         device: str | None = None,
     ):
+        if pretrained is not None and "/" in pretrained and not os.path.isfile(pretrained):
+            raise weights_not_found(model_name, pretrained, "reward.pretrained")  # a path: no tag has a '/'
         self.model_name = model_name
         self.pretrained = pretrained  # an open_clip pretrained tag or a checkpoint file; None: random
         self.batch_size = batch_size
@@ -128,3 +132,12 @@ class ClipScore(ChunkedReward):
 
     def _score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         return (self._clip.encode_images(images) * self._clip.encode_texts(prompts)).sum(dim=-1)
+
+    @torch.no_grad()
+    def image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised image embeddings (N, D) of images in [0, 1], in chunks of batch_size: the space in
+        which alignlab.evaluate measures the diversity of a prompt's images."""
+        self.load(images.device)
+        size = self.batch_size
+        return torch.cat([self._clip.encode_images(images[start : start + size])
+                          for start in range(0, len(images), size)]).float()

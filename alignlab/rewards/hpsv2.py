@@ -3,12 +3,13 @@ HPS checkpoint, a local file (HPS_v2_compressed.pt / HPS_v2.1_compressed.pt) hol
 
 The official code scores image · text of the normalised features, i.e. the cosine ClipScore returns;
 open_clip's checkpoint loader unwraps `state_dict` (and a `module.` prefix), so loading goes
-through exactly ClipScore's path. The checkpoint is only required at the first call.
+through exactly ClipScore's path. The checkpoint must exist when the reward is built; it loads at the
+first call.
 """
 
 from __future__ import annotations
 
-import torch
+import os
 
 from alignlab.errors import WeightsNotFoundError
 from alignlab.rewards.clip import ClipScore
@@ -26,11 +27,9 @@ class HPSv2(ClipScore):
         batch_size: int = 32,
         device: str | None = None,
     ):
-        super().__init__(model_name=model_name, pretrained=pretrained, batch_size=batch_size, device=device)
-
-    def _load(self, device: torch.device) -> None:
-        if self.pretrained is None:  # for ClipScore None means random weights; here it is a mistake
+        if pretrained is None or not os.path.isfile(pretrained):  # (None would mean random weights to ClipScore)
             raise WeightsNotFoundError(
-                "The hpsv2 reward needs the HPS v2 checkpoint; pass reward.pretrained=/path/to/HPS_v2.1_compressed.pt."
+                f"The hpsv2 reward needs the HPS v2 checkpoint file (got {pretrained!r}); "
+                "pass reward.pretrained=/path/to/HPS_v2.1_compressed.pt."
             )
-        super()._load(device)
+        super().__init__(model_name=model_name, pretrained=pretrained, batch_size=batch_size, device=device)

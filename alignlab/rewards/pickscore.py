@@ -24,6 +24,16 @@ OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+def is_hub_id(name: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
 class PickScore(ChunkedReward):
     """PickScore of each image for its prompt (about 18-23 for real images)."""
 
@@ -36,6 +46,9 @@ class PickScore(ChunkedReward):
         batch_size: int = 32,
         device: str | None = None,
     ):
+        if not os.path.isdir(model) and not is_hub_id(model):  # a missing local directory fails before a run writes
+            raise WeightsNotFoundError(f"reward.model={model!r} is neither a local model directory nor a hub id; "
+                                       "pass reward.model=/path/to/PickScore_v1.")
         self.model = model  # a hub id or a local directory saved with save_pretrained
         self.processor = processor  # a hub id or a local directory with the processor's files
         self.batch_size = batch_size

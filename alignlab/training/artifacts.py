@@ -46,9 +46,16 @@ def _wrap(text: str, width: int) -> list[str]:
 
 
 def read_metrics(path: Path) -> list[dict]:
+    """metrics.jsonl's rows. A last line cut short by a kill mid-append is left out: its round had not been
+    checkpointed yet (checkpoints follow the row), so a resumed run writes it again."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in lines[:-1]]
+    try:
+        return rows + [json.loads(line) for line in lines[-1:]]
+    except json.JSONDecodeError:
+        return rows
 
 
 def _plot_keys(ax, rows: list[dict], keys: list[str], marker: str) -> None:

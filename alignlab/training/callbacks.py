@@ -11,6 +11,7 @@ from lightning.pytorch.loggers import WandbLogger
 from alignlab.models import save_lora
 from alignlab.models.lora import has_lora
 from alignlab.training.artifacts import plot_curves, read_metrics, sample_grid
+from alignlab.training.atomic import replace_atomically
 
 
 class RoundRecorder(L.Callback):
@@ -21,13 +22,16 @@ class RoundRecorder(L.Callback):
         self.metrics_path = self.run_dir / "metrics.jsonl"
 
     def on_train_start(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:  # data-parallel runs: rank 0 alone writes the run directory
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         # A resumed run replays the rounds after its checkpoint: drop rows it will write again.
         rows = [r for r in read_metrics(self.metrics_path) if r["round"] < pl_module.round_index]
         if self.metrics_path.exists():
-            self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            text = "".join(json.dumps(r) + "\n" for r in rows)
+            replace_atomically(self.metrics_path, lambda tmp: tmp.write_text(text))
         for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+            if isinstance(logger, WandbLogger):
                 logger.experiment.define_metric("round")
                 logger.experiment.define_metric("*", step_metric="round")
 

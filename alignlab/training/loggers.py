@@ -8,6 +8,8 @@ from pathlib import Path
 
 from lightning.pytorch.loggers import WandbLogger
 
+from alignlab.errors import ConfigError
+
 
 def wandb_logged_in() -> bool:
     if os.environ.get("WANDB_API_KEY"):
@@ -23,7 +25,7 @@ def wandb_logger(save_dir: str, project: str = "alignlab", name: str | None = No
     """mode: auto (online when logged in, else offline; `wandb sync <run_dir>/wandb` uploads later),
     online or offline. WANDB_MODE in the environment wins, as wandb users expect."""
     if mode not in ("auto", "online", "offline"):
-        raise ValueError(f"logger.mode must be auto, online or offline, got {mode!r}")
+        raise ConfigError(f"logger.mode must be auto, online or offline, got {mode!r}")
     if mode == "auto":
         mode = os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
     Path(save_dir).mkdir(parents=True, exist_ok=True)

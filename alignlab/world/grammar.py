@@ -12,6 +12,7 @@ import itertools
 from dataclasses import dataclass
 
 from alignlab.core.token_spans import Item
+from alignlab.errors import ConfigError
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -137,11 +138,19 @@ _BY_PROMPT = {spec.prompt: spec for spec in all_specs()}
 
 
 def world_prompt_set(categories: list[str] | tuple[str, ...] = CATEGORIES, per_category: int | None = None,
-                     name: str = "world"):
+                     name: str = "world", k: float | None = None):
     """The world's prompts of `categories` with their items, split into train and test; `per_category`
-    keeps that many prompts of each category and split, evenly spread over the grammar's order."""
+    keeps that many prompts of each category and split, evenly spread over the grammar's order. `k` gives
+    every item that AsynDM curvature instead of the grammar's per-category default (the paper's k ablation)."""
     from alignlab.prompts import PromptSet
 
+    unknown = [c for c in categories if c not in CATEGORIES]
+    if unknown:
+        raise ConfigError(f"prompts.categories must be drawn from {', '.join(CATEGORIES)}, got {unknown}")
+    if per_category is not None and per_category < 1:
+        raise ConfigError(f"prompts.per_category must be >= 1 (or null: all), got {per_category}")
+    if k is not None and not 0 < k < 1:
+        raise ConfigError(f"prompts.k must be in (0, 1) (or null: the grammar's per-category k), got {k}")
     splits: dict[str, list] = {"train": [], "test": []}
     for category in categories:
         for split, entries in splits.items():
@@ -149,5 +158,6 @@ def world_prompt_set(categories: list[str] | tuple[str, ...] = CATEGORIES, per_c
             if per_category is not None and len(specs) > per_category:
                 step = len(specs) / per_category
                 specs = [specs[int(i * step)] for i in range(per_category)]
-            entries += [{"prompt": s.prompt, "items": [vars(i) for i in s.items]} for s in specs]
+            entries += [{"prompt": s.prompt, "items": [{**vars(i), **({} if k is None else {"k": k})} for i in s.items]}
+                        for s in specs]
     return PromptSet(splits["train"], splits["test"], name=name)

@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from alignlab.errors import ConfigError
 from alignlab.rewards.chunked import ChunkedReward
-from alignlab.world.grammar import BACKGROUND, COLORS, RELATIONS, Obj, Spec, is_world_prompt, spec_of
+from alignlab.world.grammar import BACKGROUND, CATEGORIES, COLORS, RELATIONS, Obj, Spec, is_world_prompt, spec_of
 
 OTHER = "other"  # the colour of a component near no palette colour, the shape of one like no shape
 # RGB distance from white up to which the image's median is taken as its background (grey 200: 95); under
@@ -207,3 +207,23 @@ def oracle_stats(images: torch.Tensor, prompts: list[str], prefix: str = "") -> 
         return {}
     scores, passed = score_images(images, prompts)
     return {f"{prefix}oracle_score": float(scores.mean()), f"{prefix}oracle_accuracy": float(passed.float().mean())}
+
+
+def by_category(prompts: list[str], values) -> dict[str, float]:
+    """Mean of per-row `values` over the rows of each world category (GenEval's per-category breakdown), in
+    the grammar's category order."""
+    groups: dict[str, list[float]] = {}
+    for prompt, value in zip(prompts, values, strict=True):
+        groups.setdefault(_spec(prompt).category, []).append(float(value))
+    return {c: float(np.mean(groups[c])) for c in CATEGORIES if c in groups}
+
+
+def oracle_by_category(images: torch.Tensor, prompts: list[str]) -> dict[str, dict[str, float]]:
+    """oracle_stats per world category, with its image count; empty when some prompt is not a world prompt."""
+    if not prompts or not all(map(is_world_prompt, prompts)):
+        return {}
+    scores, passed = score_images(images, prompts)
+    score, accuracy = by_category(prompts, scores.tolist()), by_category(prompts, passed.float().tolist())
+    categories = [_spec(p).category for p in prompts]
+    return {c: {"oracle_score": score[c], "oracle_accuracy": accuracy[c], "images": categories.count(c)}
+            for c in score}

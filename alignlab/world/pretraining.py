@@ -8,10 +8,9 @@ temporary file and renamed, so an interrupted save never destroys the previous o
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
+from alignlab.training.atomic import replace_atomically
 from alignlab.world.grammar import CATEGORIES, Spec, all_specs
 
 # Pre-training mixes the categories like a caption corpus would: more simple than composite scenes.
@@ -58,12 +58,6 @@ class LoopConfig:
     save_every: int = 100
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-
-
-def atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def train_loop(
@@ -112,10 +106,11 @@ def train_loop(
                 log_file.write(json.dumps(row) + "\n")
             if (step + 1) % config.save_every == 0 or step + 1 == config.steps:
                 log_file.flush()
-                atomic_save({
+                state = {
                     "step": step + 1, "modules": {n: m.state_dict() for n, m in modules.items()},
                     "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "ema": ema.state_dict(),
-                }, checkpoint)
+                }
+                replace_atomically(checkpoint, partial(torch.save, state))
     for module in modules.values():
         module.eval()
     return ema

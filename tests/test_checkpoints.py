@@ -1,0 +1,67 @@
+"""Checkpoints survive kills and corruption: atomic writes, the last K kept, a fallback to the newest
+readable one, SIGKILL mid-run + rerun == an uninterrupted run."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from alignlab.errors import AlignlabError
+from alignlab.training.artifacts import read_metrics
+from tests.hydra_app import FAST, comparable, same_lora
+from tests.test_run import run_inprocess
+
+def test_last_k_kept_and_a_corrupt_newest_falls_back_to_an_older_round(tmp_path):
+    straight, resumed = tmp_path / "a", tmp_path / "b"
+    rows = run_inprocess(straight, "trainer.max_epochs=3", "logger=none", "checkpoint.keep=2")
+    assert sorted(p.name for p in (straight / "checkpoints").iterdir()) == [
+        "last.ckpt", "round-0001.ckpt", "round-0002.ckpt"]
+    for name, rounds_done in [("last.ckpt", 3), ("round-0001.ckpt", 2), ("round-0002.ckpt", 3)]:
+        # loadable without unpickling arbitrary objects
+        assert torch.load(straight / "checkpoints" / name, weights_only=True)["round_index"] == rounds_done
+    run_inprocess(resumed, "trainer.max_epochs=3", "logger=none", "checkpoint.keep=2")
+    for name in ("last.ckpt", "round-0002.ckpt"):  # the newest two cut short, as by a full disk
+        path = resumed / "checkpoints" / name
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.warns(UserWarning, match="last.ckpt is unreadable"):
+        again = run_inprocess(resumed, "trainer.max_epochs=3", "logger=none", "checkpoint.keep=2")
+    assert comparable(again) == comparable(rows)  # round 2 replayed from round-0001.ckpt
+    assert same_lora(straight, resumed)
+
+
+def test_no_readable_checkpoint_is_one_sentence(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.warns(UserWarning), pytest.raises(AlignlabError, match="no readable checkpoint .* resume=false"):
+        run_inprocess(tmp_path, "trainer.max_epochs=1", "logger=none")
+
+
+def test_truncated_last_metrics_line_is_left_out(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"round": 0, "reward_mean": 1.0}\n{"round": 1, "rew')
+    assert read_metrics(path) == [{"round": 0, "reward_mean": 1.0}]
+
+
+def test_sigkill_mid_run_then_the_same_command_equals_an_uninterrupted_run(tmp_path):
+    straight = tmp_path / "straight"
+    rows = run_inprocess(straight, "trainer.max_epochs=2", "logger=none")
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "alignlab.run", *FAST, "trainer.max_epochs=2", "logger=none",
+               f"hydra.run.dir={killed}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = killed / "checkpoints" / "round-0000.ckpt"
+    deadline = time.monotonic() + 240
+    while not first.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)  # round 0 checkpointed; round 1 under way (or its checkpoint writing)
+    process.wait()
+    assert first.exists() and process.returncode == -signal.SIGKILL, process.returncode
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert comparable(read_metrics(killed / "metrics.jsonl")) == comparable(rows)
+    assert same_lora(straight, killed)

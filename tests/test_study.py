@@ -1,0 +1,95 @@
+"""The miniature study's harness (experiments/study.py, `make study-smoke`): every experiment with a tiny budget
+and one seed. Its tables must hold exactly the numbers of the run directories' own files, shared arms must be
+one run, and a re-run must redo nothing."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from alignlab.training.artifacts import read_metrics
+from alignlab.world.grammar import spec_of
+
+ROOT = Path(__file__).resolve().parent.parent
+RL_EXPERIMENTS = ("b2diffurl", "dfusion", "combos")
+VARIANTS = ("dm", "dm_concave", "asyndm")
+
+
+def study(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "experiments" / "study.py"), *args], cwd=ROOT, text=True,
+                          capture_output=True, timeout=3600)
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("study")
+    result = study("all", "--smoke", "--out", str(out))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return out
+
+
+def one_seed(value) -> dict:
+    return {"mean": value, "std": None, "seeds": 1}
+
+
+@pytest.mark.slow
+def test_asyndm_tables_hold_each_runs_comparison(out):
+    results = json.loads((out / "asyndm" / "results.json").read_text())
+    markdown = (out / "asyndm" / "results.md").read_text()
+    assert list(results["arms"]) == ["asyndm", "asyndm_static", "asyndm_lin", "asyndm_exp", "asyndm_k0.3",
+                                     "asyndm_k0.7"]
+    for name, arm in results["arms"].items():
+        table = json.loads((out / "runs" / name / "seed0" / "asyndm" / "table.json").read_text())
+        for variant in VARIANTS:
+            mine, theirs = arm["variants"][variant], table["variants"][variant]
+            for key in ("reward_mean", "win_rate_vs_dm", "delta_vs_dm", "oracle_score", "oracle_accuracy"):
+                assert mine[key] == one_seed(theirs[key]), (name, variant, key)
+            for category in ("colour_attr", "position"):
+                passed = [image["passed"][variant] for image in table["per_image"]
+                          if spec_of(image["prompt"]).category == category]
+                assert mine["by_category"][category] == one_seed(pytest.approx(sum(passed) / len(passed)))
+        assert f"| {arm['label']} | 1 | {arm['variants']['asyndm']['reward_mean']['mean']:.4g} |" in markdown
+    main = results["arms"]["asyndm"]["variants"]["asyndm"]
+    assert f"| asyndm | 1 | {main['reward_mean']['mean']:.4g} | {main['win_rate_vs_dm']['mean']:.4g} |" in markdown
+    assert (out / "asyndm" / "asyndm.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", RL_EXPERIMENTS)
+def test_rl_tables_hold_each_runs_evaluations_and_curves(out, experiment):
+    results = json.loads((out / experiment / "results.json").read_text())
+    markdown = (out / experiment / "results.md").read_text()
+    assert "pretrained_ddim" in results["rows"]
+    for name, row in results["rows"].items():
+        run = row["runs"]["0"]
+        run_dir = Path(run["dir"])
+        stem = "base" if name.startswith("pretrained_") else "eval"
+        if stem == "eval":
+            metrics = read_metrics(run_dir / "metrics.jsonl")
+            assert run["images"] == sum(r["samples_per_round"] for r in metrics) > 0
+            assert run["curve"]["reward"] == [r["eval/reward_mean"] for r in metrics if "eval/reward_mean" in r]
+            assert run["curve"]["oracle_score"] == [r["eval/oracle_score"] for r in metrics if "eval/reward_mean" in r]
+        for split in ("train", "test"):
+            report = json.loads((run_dir / "eval" / f"{stem}_{split}.json").read_text())
+            assert report["split"] == split
+            for key, value in [("reward", report["rewards"]["clip"]["reward_mean"]),
+                               ("oracle_score", report["oracle_score"]), ("oracle_accuracy", report["oracle_accuracy"]),
+                               ("diversity", report["diversity"])]:
+                assert row[split][key] == one_seed(value), (name, split, key)
+            cells = [row["images"]["mean"], report["rewards"]["clip"]["reward_mean"], report["oracle_score"]]
+            assert f"| {row['label']} | 1 | " + " | ".join(f"{v:.4g}" for v in cells) + " |" in markdown
+    assert (out / experiment / "curves.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_shared_arms_are_one_run_and_a_rerun_redoes_nothing(out):
+    rows = {e: json.loads((out / e / "results.json").read_text())["rows"] for e in RL_EXPERIMENTS}
+    assert rows["b2diffurl"]["ddpo"]["runs"] == rows["dfusion"]["ddpo"]["runs"]
+    assert rows["b2diffurl"]["b2diffurl"]["runs"] == rows["combos"]["b2diffurl"]["runs"]
+    times = {path: path.read_text() for path in out.glob("runs/*/seed0/study_time.json")}
+    assert len(times) == 6 + 2 + 5 + 2  # distinct arms: AsynDM 6, DDPO and B²-DiffuRL, D-Fusion's 5, combos' 2
+    result = study("all", "--smoke", "--out", str(out))
+    assert result.returncode == 0 and result.stdout.count("finished already") == 6 + 2 + 6 + 3
+    assert {path: path.read_text() for path in out.glob("runs/*/seed0/study_time.json")} == times
