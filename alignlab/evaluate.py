@@ -125,7 +125,7 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, samples_per_prom
     from alignlab.config import EvalConfig
     from alignlab.eval import evaluate_prompts, select_prompts
     from alignlab.training.artifacts import sample_grid
-    from alignlab.world.oracle import oracle_by_category, oracle_stats
+    from alignlab.world.oracle import oracle_report
 
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
@@ -167,12 +167,9 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, samples_per_prom
         "reward_mean": first["reward_mean"], "reward_std": first["reward_std"], "per_prompt": first["per_prompt"],
         "rewards": {name: {k: v for k, v in r.items() if k in ("reward_mean", "reward_std", "per_prompt")}
                     for name, r in by_reward.items()},
-        **oracle_stats(first["images"], first["prompts"]),  # world prompts: the gold metric too
+        **oracle_report(first["images"], first["prompts"]),  # world prompts: the gold metric too
         **diversity(scorers, first["images"], prompts, samples_per_prompt),
     }
-    by_category = oracle_by_category(first["images"], first["prompts"])
-    if by_category:
-        report["oracle_by_category"] = by_category
     out = run_dir / "eval"
     out.mkdir(exist_ok=True)
     stem = name or ("base" if base else "eval")

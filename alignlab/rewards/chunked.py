@@ -17,10 +17,12 @@ class ChunkedReward:
         if len(prompts) != len(images):
             raise ValueError(f"Got {len(images)} images but {len(prompts)} prompts.")
         self.load(images.device)
-        size = self.batch_size
-        scores = [self._score(images[start : start + size], prompts[start : start + size])
-                  for start in range(0, len(images), size)]
+        scores = [self._score(images[rows], prompts[rows]) for rows in self.chunks(len(images))]
         return torch.cat(scores).float().to(images.device)
+
+    def chunks(self, count: int) -> list[slice]:
+        """Slices of `count` rows, batch_size at a time: what one forward pass of the scorer takes."""
+        return [slice(start, start + self.batch_size) for start in range(0, count, self.batch_size)]
 
     def load(self, device: torch.device) -> None:
         """Load the weights on first use: on `self.device`, else the given (the images') device."""

@@ -138,6 +138,4 @@ class ClipScore(ChunkedReward):
         """L2-normalised image embeddings (N, D) of images in [0, 1], in chunks of batch_size: the space in
         which alignlab.evaluate measures the diversity of a prompt's images."""
         self.load(images.device)
-        size = self.batch_size
-        return torch.cat([self._clip.encode_images(images[start : start + size])
-                          for start in range(0, len(images), size)]).float()
+        return torch.cat([self._clip.encode_images(images[rows]) for rows in self.chunks(len(images))]).float()

@@ -12,6 +12,7 @@ a 3x3 box or sigma 0.5 gaussian blur, a tinted or grey background (tests/test_wo
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -218,12 +219,15 @@ def by_category(prompts: list[str], values) -> dict[str, float]:
     return {c: float(np.mean(groups[c])) for c in CATEGORIES if c in groups}
 
 
-def oracle_by_category(images: torch.Tensor, prompts: list[str]) -> dict[str, dict[str, float]]:
-    """oracle_stats per world category, with its image count; empty when some prompt is not a world prompt."""
+def oracle_report(images: torch.Tensor, prompts: list[str]) -> dict:
+    """oracle_stats and its per-category breakdown (`oracle_by_category`, with each category's image count)
+    from one scoring of the images; empty when some prompt is not a world prompt."""
     if not prompts or not all(map(is_world_prompt, prompts)):
         return {}
     scores, passed = score_images(images, prompts)
-    score, accuracy = by_category(prompts, scores.tolist()), by_category(prompts, passed.float().tolist())
-    categories = [_spec(p).category for p in prompts]
-    return {c: {"oracle_score": score[c], "oracle_accuracy": accuracy[c], "images": categories.count(c)}
-            for c in score}
+    passed = passed.float()
+    score, accuracy = by_category(prompts, scores.tolist()), by_category(prompts, passed.tolist())
+    counts = Counter(_spec(p).category for p in prompts)
+    return {"oracle_score": float(scores.mean()), "oracle_accuracy": float(passed.mean()),
+            "oracle_by_category": {c: {"oracle_score": score[c], "oracle_accuracy": accuracy[c], "images": counts[c]}
+                                   for c in score}}
