@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from safetensors.torch import load_file
 
-from alignlab.run import CONF_DIR
+from alignlab.run import CONF_DIR, train
 
 FAST = [
     "model=tiny",
@@ -63,3 +64,9 @@ def same_lora(a: Path, b: Path) -> bool:
     """Whether two run directories exported bit-identical LoRA weights."""
     x, y = (load_file(d / "lora" / "pytorch_lora_weights.safetensors") for d in (a, b))
     return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def run_inprocess(run_dir: Path, *overrides: str) -> list[dict]:
+    """Train FAST + overrides in this process; the metrics.jsonl rows."""
+    train(compose_config(run_dir, [*FAST, *overrides]))
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

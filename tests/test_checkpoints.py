@@ -12,8 +12,7 @@ import torch
 
 from alignlab.errors import AlignlabError
 from alignlab.training.artifacts import read_metrics
-from tests.hydra_app import FAST, comparable, same_lora
-from tests.test_run import run_inprocess
+from tests.hydra_app import FAST, comparable, run_inprocess, same_lora
 
 def test_last_k_kept_and_a_corrupt_newest_falls_back_to_an_older_round(tmp_path):
     straight, resumed = tmp_path / "a", tmp_path / "b"

@@ -56,8 +56,9 @@ WORLD = [
 @pytest.mark.parametrize("method", ["ddpo", "b2diffurl"])
 def test_world_clip_at_equal_image_budget(tmp_path, method):
     """The default world job of each method, 20 rounds of 64 images (~4 min each on 2 cores): world-CLIP
-    reward of the final weights vs the pre-trained model on the same 64 fixed-noise train rows. DDPO must
-    raise it; B²-DiffuRL's result is printed next to DDPO's (which method wins is the study's question)."""
+    reward of the final weights vs the pre-trained model on the same 64 fixed-noise train rows. Each must
+    raise its own reward (which method wins is the study's question); the oracle is printed, not asserted:
+    on 64 images it moves within its noise (docs/world.md, "The default job")."""
     train(compose_config(tmp_path, [f"method={method}", *WORLD]))
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     images = sum(r["samples_per_round"] for r in rows)
@@ -66,5 +67,4 @@ def test_world_clip_at_equal_image_budget(tmp_path, method):
     print(f"{method}: {images:.0f} images, world-CLIP on fixed train rows {start:.4f} -> {end:.4f}, "
           f"oracle score {base['oracle_score']:.3f} -> {rows[-1]['eval/oracle_score']:.3f}")
     assert images == WORLD_ROUNDS * 64
-    if method == "ddpo":
-        assert end > start + 0.005
+    assert end > start + (0.005 if method == "ddpo" else 0.002)

@@ -21,6 +21,7 @@ from alignlab.rewards import (
 )
 from alignlab.rewards.clip import OpenClip
 from alignlab.run import CONF_DIR
+from tests.hydra_app import run_inprocess
 
 TINY_CLIP = "alignlab-tiny-clip-768"  # embeds in 768 dimensions, like ViT-L/14, for the aesthetic MLP
 TINY_CLIP_CONFIG = {
@@ -265,3 +266,12 @@ def test_multi_config_instantiates_nested_rewards():
     images = random_images(2, 32, 32)
     size = JpegIncompressibility()(images, ["", ""])
     torch.testing.assert_close(reward(images, ["", ""]), -1.0 * size + 0.5 * size)
+
+
+def test_a_run_logs_each_multi_component_and_reward_mean_is_their_weighted_sum(tmp_path):
+    """Over a 2-batch round: each component's round mean is in metrics.jsonl (and so in W&B and the plot)."""
+    row = run_inprocess(tmp_path, "reward=multi", "method.num_batches_per_round=2", "trainer.max_epochs=1",
+                        "logger=none")[0]
+    compressibility, incompressibility = row["reward/jpeg_compressibility"], row["reward/jpeg_incompressibility"]
+    assert compressibility == pytest.approx(-incompressibility) and incompressibility > 0
+    assert row["reward_mean"] == pytest.approx(1.0 * compressibility + 0.5 * incompressibility, rel=1e-6)

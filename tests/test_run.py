@@ -1,19 +1,13 @@
 """The entry point end to end on the tiny model: the run-directory contract and resume (bad input: test_errors.py)."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from alignlab.run import train
-from tests.hydra_app import FAST, cli, comparable, compose_config, same_lora
-
-
-def run_inprocess(run_dir: Path, *overrides: str) -> list[dict]:
-    train(compose_config(run_dir, [*FAST, *overrides]))
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+from tests.hydra_app import FAST, cli, comparable, compose_config, run_inprocess, same_lora
 
 
 def test_two_rounds_write_the_run_directory_contract(tmp_path):

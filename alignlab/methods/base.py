@@ -102,7 +102,7 @@ class RLMethod(L.LightningModule):
         `generator` is one generator, or one per prompt (replayable rows)."""
         model = self.model
         negative = model.encode_prompts([""])
-        parts, rewards, images = [], [], []
+        parts, rewards, images, components = [], [], [], defaultdict(list)
         start = time.perf_counter()
         for first in tqdm(range(0, len(prompts), batch_size), desc=f"round {self.round_index} rollout",
                           leave=False):
@@ -111,6 +111,8 @@ class RLMethod(L.LightningModule):
             traj = self.sample_batch(chunk, negative, rows)
             decoded = model.decode(traj.final)
             rewards.append(self.reward(decoded, chunk).float().to(self.device))
+            for name, values in getattr(self.reward, "last_components", {}).items():  # reward=multi's parts
+                components[name].append(values.float().cpu())
             parts.append(traj)
             images.append(decoded.cpu())
         self.stats["time_rollout"].append(time.perf_counter() - start)
@@ -118,6 +120,8 @@ class RLMethod(L.LightningModule):
         if bad:
             warnings.warn(f"round {self.round_index}: {bad} non-finite reward(s)", stacklevel=2)
         self.stats["nonfinite_rewards"].append(float(bad))
+        for name, values in components.items():
+            self.stats[f"reward/{name}"].append(torch.cat(values).mean().item())
         images = torch.cat(images)
         for key, value in oracle_stats(images, prompts).items():  # world prompts: gold metric next to the proxy
             self.stats[key].append(value)

@@ -66,7 +66,8 @@ def _plot_keys(ax, rows: list[dict], keys: list[str], marker: str) -> None:
 
 
 def plot_curves(rows: list[dict], path: Path) -> None:
-    """Reward (mean ± std) and every `eval/...` metric against the round; world runs add the oracle's
+    """Reward (mean ± std), reward=multi's components (`reward/...`) and every `eval/...` metric against the
+    round; world runs add the oracle's
     score and accuracy (train rollouts and eval) on a second panel."""
     rounds = [r["round"] for r in rows]
     gold = sorted({k for r in rows for k in r if k.split("/")[-1].startswith("oracle_")})
@@ -76,6 +77,7 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     std = torch.tensor([r.get("reward_std", 0.0) for r in rows])
     ax.plot(rounds, mean, marker="o", label="train reward")
     ax.fill_between(rounds, mean - std, mean + std, alpha=0.2)
+    _plot_keys(ax, rows, sorted({k for r in rows for k in r if k.startswith("reward/")}), ".")
     _plot_keys(ax, rows, sorted({k for r in rows for k in r if k.startswith("eval/") and k not in gold}), "s")
     ax.set_ylabel("reward")
     ax.set_title("alignment curve")

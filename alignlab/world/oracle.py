@@ -204,10 +204,8 @@ class OracleReward(ChunkedReward):
 def oracle_stats(images: torch.Tensor, prompts: list[str], prefix: str = "") -> dict[str, float]:
     """Mean oracle score and strict accuracy of a batch, the gold metric next to a run's proxy reward;
     empty when some prompt is not a world prompt (the oracle cannot judge it)."""
-    if not prompts or not all(map(is_world_prompt, prompts)):
-        return {}
-    scores, passed = score_images(images, prompts)
-    return {f"{prefix}oracle_score": float(scores.mean()), f"{prefix}oracle_accuracy": float(passed.float().mean())}
+    report = oracle_report(images, prompts)
+    return {f"{prefix}{key}": report[key] for key in ("oracle_score", "oracle_accuracy") if key in report}
 
 
 def by_category(prompts: list[str], values) -> dict[str, float]:
