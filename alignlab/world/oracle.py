@@ -201,11 +201,22 @@ class OracleReward(ChunkedReward):
         return score_images(images, prompts)[0]
 
 
+def _world_scores(images: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """score_images of a batch of world prompts; None when some prompt is not one (the oracle cannot judge it)."""
+    if not prompts or not all(map(is_world_prompt, prompts)):
+        return None
+    scores, passed = score_images(images, prompts)
+    return scores, passed.float()
+
+
 def oracle_stats(images: torch.Tensor, prompts: list[str], prefix: str = "") -> dict[str, float]:
-    """Mean oracle score and strict accuracy of a batch, the gold metric next to a run's proxy reward;
-    empty when some prompt is not a world prompt (the oracle cannot judge it)."""
-    report = oracle_report(images, prompts)
-    return {f"{prefix}{key}": report[key] for key in ("oracle_score", "oracle_accuracy") if key in report}
+    """Mean oracle score and strict accuracy of a batch, the gold metric next to a run's proxy reward (every
+    rollout: no per-category breakdown); empty when some prompt is not a world prompt."""
+    scored = _world_scores(images, prompts)
+    if scored is None:
+        return {}
+    scores, passed = scored
+    return {f"{prefix}oracle_score": float(scores.mean()), f"{prefix}oracle_accuracy": float(passed.mean())}
 
 
 def by_category(prompts: list[str], values) -> dict[str, float]:
@@ -220,10 +231,10 @@ def by_category(prompts: list[str], values) -> dict[str, float]:
 def oracle_report(images: torch.Tensor, prompts: list[str]) -> dict:
     """oracle_stats and its per-category breakdown (`oracle_by_category`, with each category's image count)
     from one scoring of the images; empty when some prompt is not a world prompt."""
-    if not prompts or not all(map(is_world_prompt, prompts)):
+    scored = _world_scores(images, prompts)
+    if scored is None:
         return {}
-    scores, passed = score_images(images, prompts)
-    passed = passed.float()
+    scores, passed = scored
     score, accuracy = by_category(prompts, scores.tolist()), by_category(prompts, passed.tolist())
     counts = Counter(_spec(p).category for p in prompts)
     return {"oracle_score": float(scores.mean()), "oracle_accuracy": float(passed.mean()),
