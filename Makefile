@@ -2,7 +2,7 @@
 PYTHON ?= python
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: help install test test-slow study study-smoke bench world lint clean
+.PHONY: help install test test-slow study study-smoke bench bench-peers world lint clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -26,6 +26,13 @@ study-smoke: ## every study experiment with a tiny budget (tests/test_study.py, 
 bench: ## speed and memory benchmarks (ratios measured side by side)
 	$(PYTHON) -m alignlab.bench
 	$(PYTHON) -m alignlab.bench_asyndm
+	$(PYTHON) -m alignlab.bench_rewards
+
+bench-peers: ## our samplers vs the official ddpo-pytorch, AsynDM and D-Fusion code cloned under PEERS=dir (experiments/peers)
+	$(PYTHON) experiments/peers/run_ddpo.py --checkout $(PEERS)/ddpo-pytorch
+	$(PYTHON) experiments/peers/run_asyndm.py --checkout $(PEERS)/AsynDM
+	$(PYTHON) experiments/peers/run_asyndm.py --checkout $(PEERS)/AsynDM --static
+	$(PYTHON) experiments/peers/run_dfusion.py --checkout $(PEERS)/D-Fusion
 
 world: ## retrain the shapes world (CLIP, text-to-image model, report) into world_build/ and install its weights
 	$(PYTHON) -m alignlab.world.build --out world_build --install

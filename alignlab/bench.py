@@ -4,7 +4,7 @@ Sampling cannot beat N steps × one CFG UNet call, and an update cannot beat the
 backward it needs; so each figure divides alignlab's time by that bound, measured in the same
 process on the same model and inputs (robust on a noisy shared machine). Writes bench/results.json.
 
-    python -m alignlab.bench [--models tiny,sd15] [--repeats 3] [--out bench/results.json]
+    python -m alignlab.bench [--models world,sd15] [--repeats 3] [--out bench/results.json]
 """
 
 from __future__ import annotations
@@ -26,28 +26,31 @@ from alignlab.core.ppo import ppo_clip_loss
 from alignlab.core.sampling import DDIMSampler, guided_noise
 from alignlab.models import add_lora, build_tiny
 from alignlab.models.diffusion import DiffusionModel
+from alignlab.world import build_world
 
 
-def sd15_shaped(latent: int = 16) -> tuple[torch.nn.Module, int]:
+def sd15_shaped(latent: int = 16) -> torch.nn.Module:
     """SD 1.5's UNet architecture with random weights at a reduced latent size (no download)."""
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(sample_size=latent, cross_attention_dim=768, attention_head_dim=8,
                                 block_out_channels=(320, 640, 1280, 1280), layers_per_block=2)
-    return unet, 768
+    return unet
 
 
-def bench_model(name: str, latent: int) -> tuple[torch.nn.Module, object, int, int]:
-    """(unet with LoRA, scheduler, text width, latent side)."""
-    tiny = build_tiny()
-    if name == "tiny":
-        add_lora(tiny)
-        return tiny.unet, tiny.scheduler, tiny.unet.config.cross_attention_dim, tiny.latent_shape(1)[-1]
-    unet, width = sd15_shaped(latent)
-    model = DiffusionModel(unet, tiny.vae, tiny.text_encoder, tiny.tokenizer, tiny.scheduler, latent * 2)
+def bench_model(name: str, latent: int) -> tuple[torch.nn.Module, object, int, tuple[int, int, int]]:
+    """(unet with LoRA, scheduler, text width, one latent's (C, h, w)): `tiny` (model=tiny), `world` (the
+    shipped world model) or `sd15` (SD 1.5's UNet, random weights, `latent`² latents)."""
+    if name == "world":
+        model = build_world()
+    else:
+        model = build_tiny()
+        if name == "sd15":
+            unet = sd15_shaped(latent)
+            model = DiffusionModel(unet, model.vae, model.text_encoder, model.tokenizer, model.scheduler, latent * 2)
     add_lora(model)
-    return model.unet, model.scheduler, width, latent
+    return model.unet, model.scheduler, model.unet.config.cross_attention_dim, model.latent_shape(1)[1:]
 
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -64,10 +67,10 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str,
 
 
 def run_case(name: str, batch: int, steps: int, repeats: int, latent: int) -> dict:
-    unet, scheduler, width, side = bench_model(name, latent)
+    unet, scheduler, width, shape = bench_model(name, latent)
     gen = torch.Generator().manual_seed(0)
     cond, neg = torch.randn(batch, 77, width, generator=gen), torch.randn(1, 77, width, generator=gen)
-    x = torch.randn(batch, 4, side, side, generator=gen)
+    x = torch.randn(batch, *shape, generator=gen)
     sampler = DDIMSampler(num_steps=steps, guidance_scale=5.0, progress=False)
     t = torch.tensor(501)
 
@@ -96,7 +99,7 @@ def run_case(name: str, batch: int, steps: int, repeats: int, latent: int) -> di
                      "fwd_bwd": bare_forward_backward, "update": ppo_update}, repeats)
     call, roll, fwd_bwd, update = t["calls"] / steps, t["rollout"], t["fwd_bwd"], t["update"]
     return {
-        "model": name, "batch": batch, "steps": steps, "latent": side,
+        "model": name, "batch": batch, "steps": steps, "latent": list(shape),
         "unet_call_s": call, "rollout_s": roll, "rollout_efficiency": roll / (steps * call),
         "unet_fwd_bwd_s": fwd_bwd, "update_s": update, "update_efficiency": update / fwd_bwd,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -104,13 +107,13 @@ def run_case(name: str, batch: int, steps: int, repeats: int, latent: int) -> di
 
 
 def method_cases(batch: int, steps: int, repeats: int) -> dict:
-    """B²-DiffuRL's shared-prefix saving and D-Fusion's fused-target cost on the tiny model."""
+    """B²-DiffuRL's shared-prefix saving and D-Fusion's fused-target cost on the world model."""
     from alignlab.core.attention import capture_layers
     from alignlab.core.branching import branch_sample
     from alignlab.core.fusion import KVFusion, fused_targets, self_attention_layers
     from alignlab.core.token_spans import Item, ItemBatch
 
-    model = build_tiny()
+    model = build_world()
     add_lora(model)
     unet, scheduler = model.unet, model.scheduler
     prompts = ["a red circle"] * batch
@@ -138,21 +141,21 @@ def method_cases(batch: int, steps: int, repeats: int) -> dict:
     t = interleaved({"plain_bk": lambda: plain(batch * k), "branched": branched, "plain_b": lambda: plain(batch),
                      "fused": fused}, repeats)
     rows = (steps - split + k * split) / (k * steps)
-    return {"model": "tiny", "batch": batch, "steps": steps, "branches": k, "split_step": split,
+    return {"model": "world", "batch": batch, "steps": steps, "branches": k, "split_step": split,
             "b2_branched_over_plain": t["branched"] / t["plain_bk"], "b2_expected_row_ratio": rows,
             "dfusion_fused_over_plain": t["fused"] / t["plain_b"]}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="tiny,sd15")
+    parser.add_argument("--models", default="world,sd15", help="of tiny, world, sd15")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--latent", type=int, default=16, help="latent side of the SD-shaped UNet")
     parser.add_argument("--out", default="bench/results.json")
     args = parser.parse_args(argv)
     cases = []
     for name in args.models.split(","):
-        grid = [(4, 10), (8, 10), (4, 20)] if name == "tiny" else [(1, 4), (2, 4)]
+        grid = [(1, 4), (2, 4)] if name == "sd15" else [(4, 10), (8, 10), (4, 20)]
         for batch, steps in grid:
             row = run_case(name, batch, steps, args.repeats, args.latent)
             cases.append(row)

@@ -5,7 +5,7 @@ masks add an explicit attention softmax in the captured layers and a mask update
 figure is the AsynDM time divided by the synchronous time on the same model and inputs, timed
 interleaved (robust on a noisy shared machine).
 
-    python -m alignlab.bench_asyndm [--models tiny,sd15] [--batch 4] [--steps 10] [--repeats 5]
+    python -m alignlab.bench_asyndm [--models world,sd15] [--batch 4] [--steps 10] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ PROMPTS = [("a cat eating a sandwich", ["cat", "sandwich"]), ("a dog playing bas
 
 
 def run_case(name: str, batch: int, steps: int, repeats: int, latent: int) -> dict:
-    unet, scheduler, width, side = bench_model(name, latent)
+    unet, scheduler, width, latent_shape = bench_model(name, latent)
     gen = torch.Generator().manual_seed(0)
     cond, neg = torch.randn(batch, 77, width, generator=gen), torch.randn(1, 77, width, generator=gen)
-    shape = (batch, 4, side, side)
+    shape = (batch, *latent_shape)
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
     items = ItemBatch.build(clip_tokenizer(), [p for p, _ in prompts],
                             [[Item(w, 0.5) for w in ws] for _, ws in prompts])
@@ -51,14 +51,14 @@ def run_case(name: str, batch: int, steps: int, repeats: int, latent: int) -> di
         "sync_update": lambda: update(sync, "sync"),
         "asyn_update": lambda: update(asyn, "asyn"),
     }, repeats)
-    return {"model": name, "batch": batch, "steps": steps, "latent": side, "sync_rollout_s": t["sync"],
+    return {"model": name, "batch": batch, "steps": steps, "latent": list(latent_shape), "sync_rollout_s": t["sync"],
             "per_pixel_ratio": t["asyn_dm"] / t["sync"], "asyndm_ratio": t["asyndm"] / t["sync"],
             "update_ratio": t["asyn_update"] / t["sync_update"]}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="tiny")
+    parser.add_argument("--models", default="world", help="of tiny, world, sd15")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)

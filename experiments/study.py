@@ -64,10 +64,10 @@ ARMS = {arm.name: arm for arm in [
     Arm("dfusion_dpo", "D-Fusion + DPO (trajectory)", ("method=dfusion", "method.loss=trajectory", *DPO_64)),
     Arm("diffusion_dpo", "Diffusion-DPO", ("method=dpo", "method.loss=diffusion_dpo", *DPO_64)),
     Arm("dfusion_diffusion_dpo", "D-Fusion + Diffusion-DPO", ("method=dfusion", "method.loss=diffusion_dpo", *DPO_64)),
-    # 64 samples + 32 fused targets per round; 12 micro-batches of 8 = one step per round, as DDPO
-    Arm("dfusion_ddpo", "D-Fusion + DDPO", ("method=dfusion", "method.algo=ddpo", "method.prompts_per_round=16",
+    # 44 samples + 22 fused targets = 66 images per round (DDPO: 64); 9 micro-batches of <= 8 = one step per round
+    Arm("dfusion_ddpo", "D-Fusion + DDPO", ("method=dfusion", "method.algo=ddpo", "method.prompts_per_round=11",
                                             "method.samples_per_prompt=4", "method.train_batch_size=8",
-                                            "method.gradient_accumulation_steps=12", "method.num_inner_epochs=1")),
+                                            "method.gradient_accumulation_steps=9", "method.num_inner_epochs=1")),
     Arm("b2diffurl_asyn", "B²-DiffuRL + DDPO, sampler=asyn", ("method=b2diffurl", "sampler=asyn")),
     Arm("b2diffurl_dpo", "B²-DiffuRL + DPO pairs", ("method=b2diffurl", "method.algo=dpo")),
     Arm("asyndm", "AsynDM: bin, dynamic, k = 0.5", tuple(ASYNDM_BUDGET)),  # the grammar's k of these prompts
@@ -104,8 +104,10 @@ EXPERIMENTS = {
                             (RL_NOTE,)),
     "dfusion": Experiment("D-Fusion: DPO, Diffusion-DPO and DDPO, each without and with D-Fusion pairs",
                           ("dpo", "dfusion_dpo", "diffusion_dpo", "dfusion_diffusion_dpo", "ddpo", "dfusion_ddpo"),
-                          (RL_NOTE, "D-Fusion arms also generate one fused target per base (32 per round); "
-                           "D-Fusion + DDPO counts them as sampled images, D-Fusion + DPO does not.")),
+                          (RL_NOTE, "D-Fusion arms also generate a fused target for each of a prompt's 2 "
+                           "lower-ranked samples (of 4). D-Fusion + DDPO trains on them as rollout samples, so it "
+                           "counts them and samples 11 prompts x 4 + 22 targets = 66 images per round (DDPO 64); "
+                           "D-Fusion + DPO uses them as its pairs' winners and does not count them.")),
     "combos": Experiment("Combinations none of the papers tried", ("b2diffurl", "b2diffurl_asyn", "b2diffurl_dpo"),
                          (RL_NOTE,)),
 }

@@ -1,0 +1,91 @@
+"""Should a rollout score batch i in a worker thread while batch i + 1 samples, as ddpo-pytorch does?
+
+Measured before keeping it (issue 7): the world model's rollout of a round's batches, rewards scored
+inline (alignlab's rollout) vs in a one-thread pool overlapping the next batch's sampling, timed
+interleaved in one process; plus the rewards' share of the inline rollout (the most overlap can save).
+
+    python -m alignlab.bench_rewards [--rewards clip,jpeg_compressibility] [--batches 4] [--batch 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+import alignlab  # noqa: F401
+from alignlab.bench import interleaved
+from alignlab.core.sampling import DDIMSampler
+from alignlab.rewards import ClipScore, JpegCompressibility
+from alignlab.world import build_world, world_prompt_set
+from alignlab.world.clip import CHECKPOINT, NAME
+
+REWARDS = {"clip": lambda: ClipScore(model_name=NAME, pretrained=str(CHECKPOINT)),
+           "jpeg_compressibility": JpegCompressibility}
+
+
+def overlap_case(reward_name: str, batches: int, batch: int, repeats: int) -> dict:
+    model = build_world()
+    reward = REWARDS[reward_name]()
+    sampler = DDIMSampler(num_steps=10, guidance_scale=3.0, progress=False)  # conf/sampler/ddim.yaml
+    pool = world_prompt_set().train
+    prompts = [[pool[(i * batch + j) % len(pool)] for j in range(batch)] for i in range(batches)]
+    negative = model.encode_prompts([""])
+    reward_seconds = []
+
+    def images(chunk: list[str], seed: int) -> torch.Tensor:
+        traj = sampler.sample(model.unet, model.scheduler, model.encode_prompts(chunk), negative,
+                              model.latent_shape(len(chunk)), torch.Generator().manual_seed(seed))
+        return model.decode(traj.final)
+
+    def timed_reward(decoded: torch.Tensor, chunk: list[str]) -> torch.Tensor:
+        start = time.perf_counter()
+        scores = reward(decoded, chunk)
+        reward_seconds.append(time.perf_counter() - start)
+        return scores
+
+    def inline() -> torch.Tensor:
+        return torch.cat([timed_reward(images(chunk, i), chunk) for i, chunk in enumerate(prompts)])
+
+    def overlapped() -> torch.Tensor:
+        with ThreadPoolExecutor(max_workers=1) as workers:
+            futures = [workers.submit(reward, images(chunk, i), chunk) for i, chunk in enumerate(prompts)]
+            return torch.cat([future.result() for future in futures])
+
+    if not torch.equal(inline(), overlapped()):
+        raise AssertionError("overlapped scoring changed the rewards")
+    reward_seconds.clear()
+    t = interleaved({"inline": inline, "overlapped": overlapped}, repeats)
+    reward_per_round = sum(reward_seconds) / (repeats + 1)  # inline ran once more as interleaved's warm-up
+    return {"reward": reward_name, "batches": batches, "batch": batch, "inline_s": t["inline"],
+            "overlapped_s": t["overlapped"], "overlapped_over_inline": t["overlapped"] / t["inline"],
+            "reward_share_of_inline": reward_per_round / t["inline"], "threads": torch.get_num_threads()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rewards", default="clip,jpeg_compressibility")
+    parser.add_argument("--batches", type=int, default=4, help="batches per round (the world's DDPO job: 4)")
+    parser.add_argument("--batch", type=int, default=16, help="images per batch (the world's DDPO job: 16)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default="bench/rewards.json")
+    args = parser.parse_args(argv)
+    cases = []
+    for name in args.rewards.split(","):
+        row = overlap_case(name, args.batches, args.batch, args.repeats)
+        cases.append(row)
+        print(f"{name:22s} round of {args.batches}x{args.batch}: inline {row['inline_s']:.2f}s (rewards "
+              f"{row['reward_share_of_inline']:.1%} of it), overlapped {row['overlapped_s']:.2f}s "
+              f"(x{row['overlapped_over_inline']:.3f})")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(cases, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
