@@ -28,8 +28,8 @@ REWARDS = {"clip": lambda: ClipScore(model_name=NAME, pretrained=str(CHECKPOINT)
            "jpeg_compressibility": JpegCompressibility}
 
 
-def overlap_case(reward_name: str, batches: int, batch: int, repeats: int) -> dict:
-    model = build_world()
+def overlap_case(model, reward_name: str, batches: int, batch: int, repeats: int) -> dict:
+    """One reward's inline and overlapped round on `model` (the world model)."""
     reward = REWARDS[reward_name]()
     sampler = DDIMSampler(num_steps=10, guidance_scale=3.0, progress=False)  # conf/sampler/ddim.yaml
     pool = world_prompt_set().train
@@ -74,9 +74,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="bench/rewards.json")
     args = parser.parse_args(argv)
-    cases = []
+    model, cases = build_world(), []
     for name in args.rewards.split(","):
-        row = overlap_case(name, args.batches, args.batch, args.repeats)
+        row = overlap_case(model, name, args.batches, args.batch, args.repeats)
         cases.append(row)
         print(f"{name:22s} round of {args.batches}x{args.batch}: inline {row['inline_s']:.2f}s (rewards "
               f"{row['reward_share_of_inline']:.1%} of it), overlapped {row['overlapped_s']:.2f}s "

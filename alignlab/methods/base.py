@@ -150,6 +150,12 @@ class RLMethod(L.LightningModule):
         generators = [self.generator(2, row) for row in range(len(prompts))]
         return (prompts, *self.rollout(prompts, batch_size, generators))
 
+    def record_round_rewards(self, round_rewards: torch.Tensor) -> None:
+        """The round's reward statistics over every rank's samples (gather_round): mean, std and count."""
+        self.stats["reward_mean"].append(round_rewards.mean().item())
+        self.stats["reward_std"].append(round_rewards.std(unbiased=False).item())
+        self.stats["samples_per_round"].append(float(len(round_rewards)))
+
     def keep_showcase(self, images: torch.Tensor, prompts: list[str], rewards: torch.Tensor) -> None:
         n = self.log_images
         self.showcase = {"images": images[:n], "prompts": prompts[:n], "rewards": rewards[:n].tolist()}

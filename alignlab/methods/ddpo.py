@@ -101,9 +101,7 @@ class DDPO(RLMethod):
                     round_rewards: torch.Tensor) -> None:
         """The sample grid (this rank's) and the reward statistics (the whole round's)."""
         self.keep_showcase(images, prompts, rewards)
-        self.stats["reward_mean"].append(round_rewards.mean().item())
-        self.stats["reward_std"].append(round_rewards.std(unbiased=False).item())
-        self.stats["samples_per_round"].append(float(len(round_rewards)))
+        self.record_round_rewards(round_rewards)
 
     def micro_batches(self, total: int, generator: torch.Generator) -> list[dict]:
         """Shuffled sample indices, and per sample a random order of the timesteps it trains on."""

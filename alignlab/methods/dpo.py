@@ -90,9 +90,7 @@ class DPO(RLMethod):
         prompts, traj, rewards, images = self.grouped_rollout(self.prompts_per_round, self.samples_per_prompt,
                                                              self.sample_batch_size)
         _, round_rewards, _ = self.gather_round(prompts, rewards)  # pairs are per prompt, within a rank
-        self.stats["reward_mean"].append(round_rewards.mean().item())
-        self.stats["reward_std"].append(round_rewards.std(unbiased=False).item())
-        self.stats["samples_per_round"].append(float(len(round_rewards)))
+        self.record_round_rewards(round_rewards)
         traj, winners, losers = self.make_pairs(prompts, traj, rewards, images)
         self.buffer = {"traj": traj, "winners": winners.to(self.device), "losers": losers.to(self.device),
                        "negative": self.model.encode_prompts([""])}

@@ -67,8 +67,7 @@ def _plot_keys(ax, rows: list[dict], keys: list[str], marker: str) -> None:
 
 def plot_curves(rows: list[dict], path: Path) -> None:
     """Reward (mean ± std), reward=multi's components (`reward/...`) and every `eval/...` metric against the
-    round; world runs add the oracle's
-    score and accuracy (train rollouts and eval) on a second panel."""
+    round; world runs add the oracle's score and accuracy (train rollouts and eval) on a second panel."""
     rounds = [r["round"] for r in rows]
     gold = sorted({k for r in rows for k in r if k.split("/")[-1].startswith("oracle_")})
     fig, axes = plt.subplots(1, 2 if gold else 1, figsize=(12 if gold else 6, 4), squeeze=False)
