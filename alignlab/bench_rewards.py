@@ -4,7 +4,7 @@ Measured before keeping it (issue 7): the world model's rollout of a round's bat
 inline (alignlab's rollout) vs in a one-thread pool overlapping the next batch's sampling, timed
 interleaved in one process; plus the rewards' share of the inline rollout (the most overlap can save).
 
-    python -m alignlab.bench_rewards [--rewards clip,jpeg_compressibility] [--batches 4] [--batch 16]
+    python -m alignlab.bench_rewards [--rewards clip,jpeg_compressibility,oracle] [--batches 4] [--batch 16]
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ import alignlab  # noqa: F401
 from alignlab.bench import interleaved
 from alignlab.core.sampling import DDIMSampler
 from alignlab.rewards import ClipScore, JpegCompressibility
-from alignlab.world import build_world, world_prompt_set
+from alignlab.world import OracleReward, build_world, world_prompt_set
 from alignlab.world.clip import CHECKPOINT, NAME
 
 REWARDS = {"clip": lambda: ClipScore(model_name=NAME, pretrained=str(CHECKPOINT)),
-           "jpeg_compressibility": JpegCompressibility}
+           "jpeg_compressibility": JpegCompressibility,
+           "oracle": OracleReward}  # its share is also what reward=oracle pays for the round's logged gold metric
 
 
 def overlap_case(model, reward_name: str, batches: int, batch: int, repeats: int) -> dict:
@@ -68,7 +69,7 @@ def overlap_case(model, reward_name: str, batches: int, batch: int, repeats: int
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rewards", default="clip,jpeg_compressibility")
+    parser.add_argument("--rewards", default="clip,jpeg_compressibility,oracle")
     parser.add_argument("--batches", type=int, default=4, help="batches per round (the world's DDPO job: 4)")
     parser.add_argument("--batch", type=int, default=16, help="images per batch (the world's DDPO job: 16)")
     parser.add_argument("--repeats", type=int, default=3)
