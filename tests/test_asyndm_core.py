@@ -175,9 +175,16 @@ def test_capture_processor_output_equals_sdpa_and_probabilities_sum_to_one():
     attn = Attention(query_dim=32, cross_attention_dim=16, heads=4, dim_head=8)
     x, context = torch.randn(2, 64, 32), torch.randn(2, 7, 16)
     store = AttentionStore(conditional_half=False)
+    calls = []
+    for layer in (attn.to_q, attn.to_k):
+        layer.register_forward_hook(lambda module, args, output: calls.append(module))
     with torch.no_grad():
         expected = AttnProcessor2_0()(attn, x, context)
+        calls.clear()
         got = CaptureProcessor(store)(attn, x, context)
+    assert calls == [attn.to_q, attn.to_k]  # the probabilities reuse SDPA's projections
+    assert len(attn.to_q._forward_hooks) == len(attn.to_k._forward_hooks) == 1  # its own hooks removed
+    with torch.no_grad():
         classic = attn.get_attention_scores(attn.head_to_batch_dim(attn.to_q(x)),
                                             attn.head_to_batch_dim(attn.to_k(context)))
     assert torch.equal(got, expected)

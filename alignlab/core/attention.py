@@ -92,16 +92,10 @@ class AttentionStore:
         return self.total / self.layers
 
 
-def attention_probs(attn, hidden_states, encoder_hidden_states=None, attention_mask=None) -> torch.Tensor:
-    """softmax(QKᵀ/√d) of a transformer attention layer, (B, heads, queries, keys) in fp32, computed
-    explicitly as SDPA would (same projections, norms, scale and mask)."""
-    if hidden_states.ndim != 3 or attn.spatial_norm is not None or attn.group_norm is not None:
-        raise ValueError("attention capture supports transformer attention on (B, tokens, C) inputs only")
-    batch, heads = hidden_states.shape[0], attn.heads
-    context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-    if encoder_hidden_states is not None and attn.norm_cross:
-        context = attn.norm_encoder_hidden_states(context)
-    query, key = attn.to_q(hidden_states), attn.to_k(context)
+def attention_probs(attn, query: torch.Tensor, key: torch.Tensor, attention_mask=None) -> torch.Tensor:
+    """softmax(QKᵀ/√d) of a transformer attention layer, (B, heads, queries, keys) in fp32, from the
+    outputs of its to_q and to_k, with the head split, norms, scale and mask SDPA gets."""
+    batch, heads = query.shape[0], attn.heads
     query = query.view(batch, -1, heads, query.shape[-1] // heads).transpose(1, 2)
     key = key.view(batch, -1, heads, key.shape[-1] // heads).transpose(1, 2)
     if attn.norm_q is not None:
@@ -110,16 +104,17 @@ def attention_probs(attn, hidden_states, encoder_hidden_states=None, attention_m
         key = attn.norm_k(key)
     scores = query.float() @ key.float().transpose(-1, -2) * query.shape[-1] ** -0.5
     if attention_mask is not None:
-        mask = attn.prepare_attention_mask(attention_mask, context.shape[1], batch)
+        mask = attn.prepare_attention_mask(attention_mask, key.shape[2], batch)
         scores = scores + mask.view(batch, heads, -1, mask.shape[-1]).float()
     return scores.softmax(dim=-1)
 
 
 class CaptureProcessor:
-    """Records a layer's attention probabilities into an AttentionStore, then runs diffusers' SDPA
-    processor for the output: capturing never changes what the UNet computes, so steps sampled with
-    capture re-score exactly without it (the queries and keys of captured layers are computed twice;
-    those layers are small)."""
+    """Runs diffusers' SDPA processor and records the layer's attention probabilities into an
+    AttentionStore, from the very query and key projections SDPA used (caught by hooks on to_q and
+    to_k, so they are not computed twice: on small UNets these extra calls cost more than the maths).
+    Capturing never changes what the UNet computes, so steps sampled with capture re-score exactly
+    without it."""
 
     def __init__(self, store: AttentionStore):
         self.store = store
@@ -127,5 +122,18 @@ class CaptureProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  *args, **kwargs):
-        self.store.add(attention_probs(attn, hidden_states, encoder_hidden_states, attention_mask))
-        return self.sdpa(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        if hidden_states.ndim != 3 or attn.spatial_norm is not None or attn.group_norm is not None:
+            raise ValueError("attention capture supports transformer attention on (B, tokens, C) inputs only")
+        projections = {}
+
+        def catch(name):
+            return lambda module, args, output: projections.__setitem__(name, output)
+
+        handles = [attn.to_q.register_forward_hook(catch("query")), attn.to_k.register_forward_hook(catch("key"))]
+        try:
+            output = self.sdpa(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        self.store.add(attention_probs(attn, projections["query"], projections["key"], attention_mask))
+        return output
