@@ -137,6 +137,15 @@ def spec_of(prompt: str) -> Spec:
 _BY_PROMPT = {spec.prompt: spec for spec in all_specs()}
 
 
+def evenly_spread(entries: list, count: int | None) -> list:
+    """`count` of `entries` evenly spread over their order (all of them if `count` is None or not fewer):
+    the world's prompt subsets sample the whole grammar, not its first nouns or colours."""
+    if count is None or len(entries) <= count:
+        return list(entries)
+    step = len(entries) / count
+    return [entries[int(i * step)] for i in range(count)]
+
+
 def world_prompt_set(categories: list[str] | tuple[str, ...] = CATEGORIES, per_category: int | None = None,
                      name: str = "world", k: float | None = None):
     """The world's prompts of `categories` with their items, split into train and test; `per_category`
@@ -154,10 +163,7 @@ def world_prompt_set(categories: list[str] | tuple[str, ...] = CATEGORIES, per_c
     splits: dict[str, list] = {"train": [], "test": []}
     for category in categories:
         for split, entries in splits.items():
-            specs = [s for s in _specs(category) if s.split == split]
-            if per_category is not None and len(specs) > per_category:
-                step = len(specs) / per_category
-                specs = [specs[int(i * step)] for i in range(per_category)]
+            specs = evenly_spread([s for s in _specs(category) if s.split == split], per_category)
             entries += [{"prompt": s.prompt, "items": [{**vars(i), **({} if k is None else {"k": k})} for i in s.items]}
                         for s in specs]
     return PromptSet(splits["train"], splits["test"], name=name)

@@ -23,7 +23,7 @@ from alignlab.core.sampling import DDIMSampler  # noqa: E402
 from alignlab.eval.evaluate import evaluate_prompts  # noqa: E402
 from alignlab.training.artifacts import sample_grid  # noqa: E402
 from alignlab.world.clip import hard_negative  # noqa: E402
-from alignlab.world.grammar import CATEGORIES, all_specs, spec_of  # noqa: E402
+from alignlab.world.grammar import CATEGORIES, all_specs, evenly_spread, spec_of  # noqa: E402
 from alignlab.world.oracle import OracleReward  # noqa: E402
 from alignlab.world.render import render_batch  # noqa: E402
 
@@ -32,12 +32,8 @@ NEGATIVES = 4  # attribute-swapped captions per image in the retrieval test
 
 def report_prompts(split: str, per_category: int) -> dict[str, list[str]]:
     """Up to `per_category` prompts of each category of `split`, evenly spread over the grammar's order."""
-    chosen = {}
-    for category in CATEGORIES:
-        prompts = [s.prompt for s in all_specs([category]) if s.split == split]
-        picks = np.linspace(0, len(prompts) - 1, min(per_category, len(prompts))).round().astype(int)
-        chosen[category] = [prompts[i] for i in sorted(set(picks.tolist()))]
-    return chosen
+    return {category: evenly_spread([s.prompt for s in all_specs([category]) if s.split == split], per_category)
+            for category in CATEGORIES}
 
 
 def caption_retrieval(clip_reward, images: torch.Tensor, prompts: list[str], seed: int = 0) -> float:
