@@ -151,7 +151,8 @@ def run_experiment(name: str, seeds: list[int], smoke: bool, out: Path, command:
             base[f"pretrained_{sampler}"] = {
                 "label": f"pre-trained (sampler={sampler})", "overrides": [f"sampler={sampler}"],
                 "runs": {seed: rl_numbers(runs[arm][seed], evaluation, base=True) for seed in seeds}}
-    return write_rl(target, experiment.title, command, notes, {**base, **results}, wall_times(runs))
+    return write_rl(target, experiment.title, command, notes, {**base, **results}, wall_times(runs),
+                    {arm: f"pretrained_{ARMS[arm].sampler}" for arm in experiment.arms})
 
 
 def rl_numbers(run_dir: Path, evaluation: dict, base: bool = False) -> dict:

@@ -23,6 +23,7 @@ EVAL_METRICS = {"reward": "world-CLIP (proxy)", "oracle_score": "oracle score (g
 VARIANT_METRICS = {"reward_mean": "world-CLIP (proxy)", "win_rate_vs_dm": "CLIP win rate vs DM",
                    "oracle_score": "oracle score (gold)", "oracle_accuracy": "oracle accuracy (gold)"}
 GOLD = ("oracle_score", "oracle_accuracy")
+GAIN_METRICS = ("reward", "oracle_score", "oracle_accuracy")
 DIFFERENCES = {"delta_vs_dm": "world-CLIP", "oracle_score_vs_dm": "oracle score",
                "oracle_accuracy_vs_dm": "oracle accuracy"}  # paired: a variant minus DM on the same noise
 
@@ -82,13 +83,36 @@ def time_table(wall: dict[str, dict], labels: dict[str, str]) -> list[str]:
     return lines + ["", f"Total: {total:.0f} s ({total / 60:.1f} min).", ""]
 
 
-def write_rl(out: Path, title: str, command: str, notes: list[str], rows: dict, wall: dict) -> dict:
+def paired_gains(runs: dict, base_runs: dict) -> dict:
+    """Per split and metric: mean ± std over seeds of a run minus the pre-trained weights evaluated on the same
+    seed's noise, the comparison that cancels most of the evaluation's sampling noise."""
+    def gain(seed, split, key):
+        value, before = runs[seed][split].get(key), base_runs[seed][split].get(key)
+        return None if value is None or before is None else value - before
+
+    return {split: {key: across_seeds([gain(seed, split, key) for seed in runs]) for key in GAIN_METRICS}
+            for split in SPLITS}
+
+
+def signed_cell(stats: dict | None) -> str:
+    """A table cell "+mean ± std" for a difference."""
+    if stats is None:
+        return ""
+    mean = f"{stats['mean']:+.3f}".replace("-", "−")
+    return mean if stats["std"] is None else f"{mean} ± {stats['std']:.3f}"
+
+
+def write_rl(out: Path, title: str, command: str, notes: list[str], rows: dict, wall: dict,
+             baselines: dict[str, str]) -> dict:
     """rows: name -> {"label", "overrides", "runs": {seed: {"images", "train", "test", "curve"}}} (pre-trained
-    rows have no curve). Writes results.json, results.md and curves.png into `out`."""
+    rows have no curve); baselines: trained row -> its pre-trained row. Writes results.json, results.md and
+    curves.png into `out`."""
     for row in rows.values():
         row["images"] = pooled(row["runs"], "images")
         for split in SPLITS:
             row[split] = {key: pooled(row["runs"], split, key) for key in EVAL_METRICS}
+    for name, base in baselines.items():
+        rows[name]["baseline"], rows[name]["gain"] = base, paired_gains(rows[name]["runs"], rows[base]["runs"])
     lines = header(title, command, notes)
     for split in SPLITS:
         lines += [f"## {split.capitalize()} prompts" + (" (held out)" if split == "test" else ""), "",
@@ -97,7 +121,13 @@ def write_rl(out: Path, title: str, command: str, notes: list[str], rows: dict, 
         lines += [f"| {row['label']} | {len(row['runs'])} | {mean_std_cell(row['images'])} | "
                   + " | ".join(mean_std_cell(row[split][key]) for key in EVAL_METRICS) + " |" for row in rows.values()]
         lines.append("")
-    lines += ["![held-out curves](curves.png)", "", *time_table(wall, {n: r["label"] for n, r in rows.items()})]
+    lines += ["## Each run minus the pre-trained weights (same evaluation noise, paired per seed)", "",
+              "| arm | split | " + " | ".join(EVAL_METRICS[key] for key in GAIN_METRICS) + " |",
+              "|---|---|" + "---:|" * len(GAIN_METRICS)]
+    lines += [f"| {rows[name]['label']} | {split} | "
+              + " | ".join(signed_cell(rows[name]["gain"][split][key]) for key in GAIN_METRICS) + " |"
+              for name in baselines for split in SPLITS]
+    lines += ["", "![held-out curves](curves.png)", "", *time_table(wall, {n: r["label"] for n, r in rows.items()})]
     (out / "results.md").write_text("\n".join(lines))
     results = {"title": title, "command": command, "rows": rows, "wall_s": wall}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -13,6 +13,8 @@ from alignlab.training.artifacts import read_metrics
 from alignlab.world.grammar import spec_of
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "experiments"))
+from study_tables import paired_gains, signed_cell  # noqa: E402
 RL_EXPERIMENTS = ("b2diffurl", "dfusion", "combos")
 VARIANTS = ("dm", "dm_concave", "asyndm")
 
@@ -80,7 +82,28 @@ def test_rl_tables_hold_each_runs_evaluations_and_curves(out, experiment):
                 assert row[split][key] == one_seed(value), (name, split, key)
             cells = [row["images"]["mean"], report["rewards"]["clip"]["reward_mean"], report["oracle_score"]]
             assert f"| {row['label']} | 1 | " + " | ".join(f"{v:.4g}" for v in cells) + " |" in markdown
+            if stem == "eval":
+                base_dir = Path(results["rows"][row["baseline"]]["runs"]["0"]["dir"])
+                before = json.loads((base_dir / "eval" / f"base_{split}.json").read_text())
+                gain = report["rewards"]["clip"]["reward_mean"] - before["rewards"]["clip"]["reward_mean"]
+                assert row["gain"][split]["reward"] == pytest.approx(one_seed(gain))
+                assert f"| {row['label']} | {split} | {signed_cell(one_seed(gain))} |" in markdown
     assert (out / experiment / "curves.png").stat().st_size > 1000
+
+
+def test_paired_gains_subtract_the_same_seeds_pretrained_numbers():
+    def run(reward, accuracy, oracle_score=None):
+        split = {"reward": reward, "oracle_score": oracle_score, "oracle_accuracy": accuracy}
+        return {"train": split, "test": split}
+
+    runs = {0: run(0.62, 0.125, 0.5), 1: run(0.60, 0.100, 0.4)}
+    base = {0: run(0.61, 0.100, 0.5), 1: run(0.62, 0.125)}  # seed 1 without an oracle score
+    gains = paired_gains(runs, base)["test"]
+    assert gains["reward"]["mean"] == pytest.approx((0.01 - 0.02) / 2)
+    assert gains["reward"]["std"] == pytest.approx(0.03 / 2**0.5)
+    assert gains["oracle_accuracy"]["mean"] == pytest.approx(0.0) and gains["oracle_accuracy"]["seeds"] == 2
+    assert gains["oracle_score"] == {"mean": 0.0, "std": None, "seeds": 1}
+    assert signed_cell(gains["reward"]) == "−0.005 ± 0.021" and signed_cell(gains["oracle_score"]) == "+0.000"
 
 
 @pytest.mark.slow
