@@ -58,6 +58,14 @@ def test_world_prompt_set_k_overrides_every_items_curvature():
         world_prompt_set(k=1.0)
 
 
+def test_world_prompt_set_threshold_overrides_every_items_mask_threshold():
+    prompts = world_prompt_set(["counting", "position"], per_category=2, threshold=0.05)
+    items = [i for p in prompts.train + prompts.test for i in prompts.items_for(p)]
+    assert {i.threshold for i in items} == {0.05} and {i.k for i in items} == {0.5}  # k untouched
+    with pytest.raises(ConfigError, match="prompts.threshold must be in"):
+        world_prompt_set(threshold=0.0)
+
+
 def test_haar_latent_is_exact_orthonormal_and_zero_on_background():
     vae = HaarAutoencoder()
     images = render_batch(all_specs()[::50], np.random.default_rng(0)) * 2 - 1
