@@ -144,15 +144,14 @@ def run_experiment(name: str, seeds: list[int], smoke: bool, out: Path, command:
         notes.insert(0, f"**--rounds {rounds}: {rounds} rounds per RL arm instead of {ROUNDS}.**")
     if experiment.evaluation_only:
         return write_asyndm(target, experiment.title, command, notes, results, experiment.arms[0], wall_times(runs))
+    baselines = {arm: f"pretrained_{ARMS[arm].sampler}" for arm in experiment.arms}  # each arm's pre-trained row
     base = {}  # the pre-trained weights under each sampler the arms use, evaluated in that sampler's first arm
-    for arm in experiment.arms:
-        sampler = ARMS[arm].sampler
-        if f"pretrained_{sampler}" not in base:
-            base[f"pretrained_{sampler}"] = {
-                "label": f"pre-trained (sampler={sampler})", "overrides": [f"sampler={sampler}"],
-                "runs": {seed: rl_numbers(runs[arm][seed], evaluation, base=True) for seed in seeds}}
-    return write_rl(target, experiment.title, command, notes, {**base, **results}, wall_times(runs),
-                    {arm: f"pretrained_{ARMS[arm].sampler}" for arm in experiment.arms})
+    for arm, row in baselines.items():
+        if row not in base:
+            sampler = ARMS[arm].sampler
+            base[row] = {"label": f"pre-trained (sampler={sampler})", "overrides": [f"sampler={sampler}"],
+                         "runs": {seed: rl_numbers(runs[arm][seed], evaluation, base=True) for seed in seeds}}
+    return write_rl(target, experiment.title, command, notes, {**base, **results}, wall_times(runs), baselines)
 
 
 def rl_numbers(run_dir: Path, evaluation: dict, base: bool = False) -> dict:
