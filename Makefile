@@ -17,7 +17,7 @@ test: ## the default test suite (< 15 min on 2 CPU cores)
 test-slow: ## the long tests: learning runs (marked slow)
 	$(PYTHON) -m pytest -q -m slow
 
-study: ## the miniature study (docs/results.md): 4 experiments x 3 seeds into study/, ~7.5 h on 2 shared CPU cores; resumable
+study: ## the miniature study (docs/results.md): 4 experiments x 3 seeds into study/, ~7.5-10 h on 2 shared CPU cores; resumable
 	$(PYTHON) experiments/study.py all
 
 study-smoke: ## every study experiment with a tiny budget (tests/test_study.py, slow set), ~6 min

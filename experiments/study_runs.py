@@ -68,11 +68,13 @@ def check_overrides(run_dir: Path, overrides: list[str]) -> None:
 
 def launch(run_dir: Path, overrides: list[str], rounds: int | None, tag: str) -> None:
     """`python -m alignlab.run <overrides> hydra.run.dir=<run_dir>` (an existing run directory resumes from its
-    checkpoint), its output in <run_dir>/run.log; prints each round reached."""
+    checkpoint), its output in <run_dir>/run.log; prints each round reached. The run time is added to
+    study_time.json at every poll, so a study killed mid-run still counts the time its run had taken."""
     run_dir.mkdir(parents=True, exist_ok=True)
     check_overrides(run_dir, overrides)
     command = [sys.executable, "-m", "alignlab.run", *overrides, f"hydra.run.dir={run_dir.resolve()}"]
     start, shown = time.monotonic(), None
+    counted = start
     with open(run_dir / "run.log", "a") as log:
         log.write("$ " + " ".join(command) + "\n")
         log.flush()
@@ -82,11 +84,14 @@ def launch(run_dir: Path, overrides: list[str], rounds: int | None, tag: str) ->
                 process.wait(timeout=POLL_S)
                 break
             except subprocess.TimeoutExpired:
+                now = time.monotonic()
+                add_time(run_dir, "run_s", now - counted)
+                counted = now
                 done = len(read_metrics(run_dir / "metrics.jsonl"))
                 if rounds and done != shown:
-                    print(f"  {tag}: round {done}/{rounds} ({time.monotonic() - start:.0f} s)", flush=True)
+                    print(f"  {tag}: round {done}/{rounds} ({now - start:.0f} s)", flush=True)
                     shown = done
-    add_time(run_dir, "run_s", time.monotonic() - start)
+    add_time(run_dir, "run_s", time.monotonic() - counted)
     if process.returncode:
         tail = "\n".join((run_dir / "run.log").read_text().splitlines()[-15:])
         raise SystemExit(f"study: {tag} failed (exit {process.returncode}); {run_dir / 'run.log'} ends:\n{tail}")

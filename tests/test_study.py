@@ -14,7 +14,9 @@ from alignlab.world.grammar import spec_of
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "experiments"))
+import study_runs  # noqa: E402
 from study_tables import paired_gains, signed_cell  # noqa: E402
+
 RL_EXPERIMENTS = ("b2diffurl", "dfusion", "combos")
 VARIANTS = ("dm", "dm_concave", "asyndm")
 
@@ -104,6 +106,31 @@ def test_paired_gains_subtract_the_same_seeds_pretrained_numbers():
     assert gains["oracle_accuracy"]["mean"] == pytest.approx(0.0) and gains["oracle_accuracy"]["seeds"] == 2
     assert gains["oracle_score"] == {"mean": 0.0, "std": None, "seeds": 1}
     assert signed_cell(gains["reward"]) == "−0.005 ± 0.021" and signed_cell(gains["oracle_score"]) == "+0.000"
+
+
+def test_a_run_killed_mid_way_keeps_the_time_it_had_taken(tmp_path, monkeypatch):
+    """The study process dies (here: interrupted at the third poll) while its run is going: the seconds up to
+    the last poll are in study_time.json, added to what earlier launches recorded."""
+    clock = iter([100.0, 105.0, 110.0, 115.0])
+
+    class Killed(Exception):
+        pass
+
+    class Process:
+        polls = 0
+
+        def wait(self, timeout):
+            self.polls += 1
+            if self.polls == 3:
+                raise Killed
+            raise subprocess.TimeoutExpired("alignlab.run", timeout)
+
+    monkeypatch.setattr(study_runs.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(study_runs.subprocess, "Popen", lambda *args, **kwargs: Process())
+    study_runs.add_time(tmp_path, "run_s", 7.0)  # an earlier launch of the same run
+    with pytest.raises(Killed):
+        study_runs.launch(tmp_path, ["seed=0"], 20, "test")
+    assert study_runs.wall_time(tmp_path) == {"run_s": 7.0 + 10.0}
 
 
 @pytest.mark.slow
