@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -125,8 +126,10 @@ def test_a_run_killed_mid_way_keeps_the_time_it_had_taken(tmp_path, monkeypatch)
                 raise Killed
             raise subprocess.TimeoutExpired("alignlab.run", timeout)
 
-    monkeypatch.setattr(study_runs.time, "monotonic", lambda: next(clock))
-    monkeypatch.setattr(study_runs.subprocess, "Popen", lambda *args, **kwargs: Process())
+    # study_runs' own references only: patching the time and subprocess modules would reach other threads
+    monkeypatch.setattr(study_runs, "time", SimpleNamespace(monotonic=lambda: next(clock)))
+    monkeypatch.setattr(study_runs, "subprocess", SimpleNamespace(
+        Popen=lambda *args, **kwargs: Process(), STDOUT=subprocess.STDOUT, TimeoutExpired=subprocess.TimeoutExpired))
     study_runs.add_time(tmp_path, "run_s", 7.0)  # an earlier launch of the same run
     with pytest.raises(Killed):
         study_runs.launch(tmp_path, ["seed=0"], 20, "test")
