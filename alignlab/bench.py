@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 
 import alignlab  # noqa: F401
+from alignlab.bench_memory import peaks
 from alignlab.core.ppo import ppo_clip_loss
 from alignlab.core.sampling import DDIMSampler, guided_noise
 from alignlab.models import add_lora, build_tiny
@@ -97,12 +97,13 @@ def run_case(name: str, batch: int, steps: int, repeats: int, latent: int) -> di
     # a rollout is `steps` calls: time `steps` bare calls as one unit beside it
     t = interleaved({"calls": lambda: [bare_call() for _ in range(steps)], "rollout": rollout,
                      "fwd_bwd": bare_forward_backward, "update": ppo_update}, repeats)
+    mem = peaks({"rollout": rollout, "update": ppo_update})
     call, roll, fwd_bwd, update = t["calls"] / steps, t["rollout"], t["fwd_bwd"], t["update"]
     return {
         "model": name, "batch": batch, "steps": steps, "latent": list(shape),
         "unet_call_s": call, "rollout_s": roll, "rollout_efficiency": roll / (steps * call),
         "unet_fwd_bwd_s": fwd_bwd, "update_s": update, "update_efficiency": update / fwd_bwd,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rollout_peak_mib": mem["rollout"], "update_peak_mib": mem["update"],
     }
 
 
@@ -138,12 +139,14 @@ def method_cases(batch: int, steps: int, repeats: int) -> dict:
         replay = [torch.Generator().manual_seed(i) for i in range(batch)]
         fused_targets(sampler, unet, scheduler, traj, traj, neg, replay, items, (0, steps), fusion, capture, size)
 
-    t = interleaved({"plain_bk": lambda: plain(batch * k), "branched": branched, "plain_b": lambda: plain(batch),
-                     "fused": fused}, repeats)
+    fns = {"plain_bk": lambda: plain(batch * k), "branched": branched, "plain_b": lambda: plain(batch), "fused": fused}
+    t, mem = interleaved(fns, repeats), peaks(fns)
     rows = (steps - split + k * split) / (k * steps)
     return {"model": "world", "batch": batch, "steps": steps, "branches": k, "split_step": split,
             "b2_branched_over_plain": t["branched"] / t["plain_bk"], "b2_expected_row_ratio": rows,
-            "dfusion_fused_over_plain": t["fused"] / t["plain_b"]}
+            "b2_peak_memory_ratio": mem["branched"] / mem["plain_bk"],
+            "dfusion_fused_over_plain": t["fused"] / t["plain_b"],
+            "dfusion_peak_memory_ratio": mem["fused"] / mem["plain_b"]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -161,11 +164,14 @@ def main(argv: list[str] | None = None) -> None:
             cases.append(row)
             print(f"{name:5s} batch {batch:2d} steps {steps:3d}: rollout {row['rollout_s']:7.3f}s "
                   f"(x{row['rollout_efficiency']:.3f} of N UNet calls), update {row['update_s']:6.3f}s "
-                  f"(x{row['update_efficiency']:.3f} of fwd+bwd), peak RSS {row['peak_rss_mib']:.0f} MiB")
+                  f"(x{row['update_efficiency']:.3f} of fwd+bwd), peak memory rollout {row['rollout_peak_mib']:.0f} / "
+                  f"update {row['update_peak_mib']:.0f} MiB")
     methods = method_cases(4, 10, args.repeats)
     print(f"B²-DiffuRL: branched sampling {methods['b2_branched_over_plain']:.3f}x the time of the same images "
-          f"unbranched (rows {methods['b2_expected_row_ratio']:.3f}x); D-Fusion: a fused target "
-          f"{methods['dfusion_fused_over_plain']:.3f}x an ordinary sample (goal <= 2.1)")
+          f"unbranched (rows {methods['b2_expected_row_ratio']:.3f}x; peak memory "
+          f"x{methods['b2_peak_memory_ratio']:.3f}); "
+          f"D-Fusion: a fused target {methods['dfusion_fused_over_plain']:.3f}x an ordinary sample (goal <= 2.1; "
+          f"peak memory x{methods['dfusion_peak_memory_ratio']:.3f})")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"

@@ -1,4 +1,5 @@
-"""AsynDM's cost against synchronous DDIM, measured side by side in one process (goal: rollout <= 1.10x).
+"""AsynDM's cost against synchronous DDIM, measured side by side in one process (goal: rollout <= 1.10x),
+and its rollout's peak memory against the synchronous one's.
 
 Per-pixel timesteps add a few gathers per ResNet and one embedding per distinct timestep; dynamic
 masks add an explicit attention softmax in the captured layers and a mask update per step. Each
@@ -16,6 +17,7 @@ import torch
 
 import alignlab  # noqa: F401
 from alignlab.bench import bench_model, interleaved
+from alignlab.bench_memory import peaks
 from alignlab.core.asyn_sampling import AsynSampler
 from alignlab.core.sampling import DDIMSampler
 from alignlab.core.token_spans import Item, ItemBatch
@@ -44,16 +46,18 @@ def run_case(name: str, batch: int, steps: int, repeats: int, latent: int) -> di
         sampler.step_log_prob(unet, scheduler, trajectories[key], step, neg).mean().backward()
         unet.zero_grad(set_to_none=True)
 
-    t = interleaved({
+    fns = {
         "sync": lambda: rollout(sync),
         "asyn_dm": lambda: rollout(asyn, items=items, variant="dm"),
         "asyndm": lambda: rollout(asyn, items=items),
         "sync_update": lambda: update(sync, "sync"),
         "asyn_update": lambda: update(asyn, "asyn"),
-    }, repeats)
+    }
+    t, mem = interleaved(fns, repeats), peaks({key: fns[key] for key in ("sync", "asyndm")})
     return {"model": name, "batch": batch, "steps": steps, "latent": list(latent_shape), "sync_rollout_s": t["sync"],
             "per_pixel_ratio": t["asyn_dm"] / t["sync"], "asyndm_ratio": t["asyndm"] / t["sync"],
-            "update_ratio": t["asyn_update"] / t["sync_update"]}
+            "update_ratio": t["asyn_update"] / t["sync_update"], "sync_peak_mib": mem["sync"],
+            "asyndm_peak_mib": mem["asyndm"], "peak_memory_ratio": mem["asyndm"] / mem["sync"]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,7 +72,8 @@ def main(argv: list[str] | None = None) -> None:
         row = run_case(name, args.batch, args.steps, args.repeats, args.latent)
         print(f"{name:5s} batch {row['batch']} steps {row['steps']} latent {row['latent']}: sync rollout "
               f"{row['sync_rollout_s']:.3f}s | per-pixel timesteps x{row['per_pixel_ratio']:.3f} | "
-              f"AsynDM (dynamic masks) x{row['asyndm_ratio']:.3f} | update x{row['update_ratio']:.3f}")
+              f"AsynDM (dynamic masks) x{row['asyndm_ratio']:.3f} | update x{row['update_ratio']:.3f} | peak memory "
+              f"x{row['peak_memory_ratio']:.3f} ({row['asyndm_peak_mib']:.1f} / {row['sync_peak_mib']:.1f} MiB)")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from alignlab.bench import bench_model
+from alignlab.bench_memory import peak_mib, peaks
 from alignlab.models import build_tiny
 from alignlab.world import build_world
 
@@ -21,3 +22,21 @@ def test_bench_model_describes_the_models_own_latents(name, build):
     with torch.no_grad():
         out = unet(x, torch.tensor(500), encoder_hidden_states=torch.randn(2, 77, width)).sample
     assert out.shape == x.shape
+
+
+def test_peak_memory_is_the_calls_own_not_the_processs_peak_so_far():
+    """A call that holds 64 MiB peaks at ~64 MiB even after a larger earlier call; a call that allocates
+    nothing peaks at ~0; the larger of two alternations is kept, and a remote figure is taken as given."""
+    big = torch.ones(96 * 2**20 // 4)  # an earlier, larger peak of the process
+    del big
+    mib = 2**20 // 4  # float32 elements per MiB
+
+    def hold_64():
+        block = torch.ones(64 * mib)
+        return float(block[0])
+
+    held, nothing = peak_mib(hold_64), peak_mib(lambda: None)
+    assert 60 <= held <= 72, held
+    assert nothing < 4, nothing
+    mem = peaks({"hold": hold_64, "far": hold_64}, rounds=2, remote={"far": lambda: 5.0})
+    assert 60 <= mem["hold"] <= 72 and mem["far"] == 5.0

@@ -11,7 +11,6 @@ setting slows allocation-heavy code (page faults), which is why time is not meas
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import subprocess
@@ -41,37 +40,15 @@ def arguments(batch: int, repeats: int) -> argparse.ArgumentParser:
     return parser
 
 
-def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])  # kB
-    raise KeyError(field)
-
-
-def peak_mib(fn) -> float:
-    """Peak resident memory of one call of fn above the level before it, MiB."""
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    before = _status("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # VmHWM := current RSS
-    fn()
-    return (_status("VmHWM") - before) / 1024
-
-
 def measure(fns: dict, repeats: int, remote_peaks: dict | None = None) -> tuple[dict[str, float], dict[str, float]]:
     """(median times, peak MiB) per function. In the memory child: print the peaks and exit.
     `remote_peaks[name]()` returns the peak of a function that runs in another process (a worker)."""
     if MEMORY_MODE:
-        remote_peaks = remote_peaks or {}
+        from alignlab.bench_memory import peaks
+
         for fn in fns.values():
             fn()  # warm-up (lazy initialisation is not the sampler's memory)
-        mem = {}
-        for _ in range(2):  # alternate twice, keep the larger
-            for name, fn in fns.items():
-                peak = remote_peaks[name]() if name in remote_peaks else peak_mib(fn)
-                mem[name] = max(mem.get(name, 0.0), peak)
-        print("PEER_BENCH_MEMORY " + json.dumps(mem), flush=True)
+        print("PEER_BENCH_MEMORY " + json.dumps(peaks(fns, remote=remote_peaks)), flush=True)
         sys.exit(0)
     from alignlab.bench import interleaved
 

@@ -1,0 +1,43 @@
+"""A call's own peak memory, for the benchmarks (alignlab.bench*, experiments/peers).
+
+Only the standard library: the peer D-Fusion worker imports it beside a vendored diffusers that must not
+meet the installed one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+
+
+def _proc_status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def peak_mib(fn: Callable[[], object]) -> float:
+    """Peak resident memory of one call of fn above the level before it, MiB (Linux). Free heap pages are
+    handed back first (malloc_trim) and the kernel's high-water mark is reset to the current level, so the
+    figure is the call's own, not the process's peak so far."""
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    before = _proc_status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # VmHWM := VmRSS
+    fn()
+    return (_proc_status_kib("VmHWM") - before) / 1024
+
+
+def peaks(fns: dict[str, Callable[[], object]], rounds: int = 2,
+          remote: dict[str, Callable[[], float]] | None = None) -> dict[str, float]:
+    """peak_mib of each function, alternating `rounds` times and keeping the larger (call it after a warm-up,
+    so lazy initialisation is not counted). `remote[name]()` returns the peak of a call that runs in another
+    process instead."""
+    remote = remote or {}
+    mem: dict[str, float] = {}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            mem[name] = max(mem.get(name, 0.0), remote[name]() if name in remote else peak_mib(fn))
+    return mem
