@@ -172,12 +172,16 @@ def main(argv: list[str] | None = None) -> None:
           f"x{methods['b2_peak_memory_ratio']:.3f}); "
           f"D-Fusion: a fused target {methods['dfusion_fused_over_plain']:.3f}x an ordinary sample (goal <= 2.1; "
           f"peak memory x{methods['dfusion_peak_memory_ratio']:.3f})")
-    out = Path(args.out)
+    write_results(args.out, cases=cases, methods=methods)
+
+
+def write_results(path: str, **figures) -> None:
+    """A bench's JSON: its figures with the date, device, torch threads and version they were measured with."""
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
     out.write_text(json.dumps({"date": str(date.today()), "device": device, "threads": torch.get_num_threads(),
-                               "torch": torch.__version__, "cases": cases, "methods": methods},
-                               indent=2))
+                               "torch": torch.__version__, **figures}, indent=2))
     print(f"wrote {out}")
 
 

@@ -7,6 +7,7 @@ figure is the AsynDM time divided by the synchronous time on the same model and 
 interleaved (robust on a noisy shared machine).
 
     python -m alignlab.bench_asyndm [--models world,sd15] [--batch 4] [--steps 10] [--repeats 5]
+                                    [--out bench/asyndm.json]
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import argparse
 import torch
 
 import alignlab  # noqa: F401
-from alignlab.bench import bench_model, interleaved
+from alignlab.bench import bench_model, interleaved, write_results
 from alignlab.bench_memory import peaks
 from alignlab.core.asyn_sampling import AsynSampler
 from alignlab.core.sampling import DDIMSampler
@@ -67,13 +68,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--latent", type=int, default=16, help="latent side of the SD-shaped UNet")
+    parser.add_argument("--out", default="bench/asyndm.json")
     args = parser.parse_args(argv)
+    cases = []
     for name in args.models.split(","):
         row = run_case(name, args.batch, args.steps, args.repeats, args.latent)
+        cases.append(row)
         print(f"{name:5s} batch {row['batch']} steps {row['steps']} latent {row['latent']}: sync rollout "
               f"{row['sync_rollout_s']:.3f}s | per-pixel timesteps x{row['per_pixel_ratio']:.3f} | "
               f"AsynDM (dynamic masks) x{row['asyndm_ratio']:.3f} | update x{row['update_ratio']:.3f} | peak memory "
               f"x{row['peak_memory_ratio']:.3f} ({row['asyndm_peak_mib']:.1f} / {row['sync_peak_mib']:.1f} MiB)")
+    write_results(args.out, cases=cases)
 
 
 if __name__ == "__main__":

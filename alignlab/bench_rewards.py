@@ -10,15 +10,13 @@ interleaved in one process; plus the rewards' share of the inline rollout (the m
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import torch
 
 import alignlab  # noqa: F401
-from alignlab.bench import interleaved
+from alignlab.bench import interleaved, write_results
 from alignlab.core.sampling import DDIMSampler
 from alignlab.rewards import ClipScore, JpegCompressibility
 from alignlab.world import OracleReward, build_world, world_prompt_set
@@ -82,10 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:22s} round of {args.batches}x{args.batch}: inline {row['inline_s']:.2f}s (rewards "
               f"{row['reward_share_of_inline']:.1%} of it), overlapped {row['overlapped_s']:.2f}s "
               f"(x{row['overlapped_over_inline']:.3f})")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(cases, indent=2))
-    print(f"wrote {out}")
+    write_results(args.out, cases=cases)
 
 
 if __name__ == "__main__":

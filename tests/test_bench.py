@@ -1,10 +1,12 @@
 """The benchmarks' model contract: every figure in docs/benchmarks.md divides by a UNet call on the latents
 `bench_model` describes, so those must be the model's own latents and text width, with LoRA attached."""
 
+import json
+
 import pytest
 import torch
 
-from alignlab.bench import bench_model
+from alignlab.bench import bench_model, write_results
 from alignlab.bench_memory import peak_mib, peaks
 from alignlab.models import build_tiny
 from alignlab.world import build_world
@@ -40,3 +42,11 @@ def test_peak_memory_is_the_calls_own_not_the_processs_peak_so_far():
     assert nothing < 4, nothing
     mem = peaks({"hold": hold_64, "far": hold_64}, rounds=2, remote={"far": lambda: 5.0})
     assert 60 <= mem["hold"] <= 72 and mem["far"] == 5.0
+
+
+def test_bench_results_carry_what_they_were_measured_with(tmp_path):
+    write_results(str(tmp_path / "b" / "x.json"), cases=[{"ratio": 1.05}])
+    written = json.loads((tmp_path / "b" / "x.json").read_text())
+    assert written["cases"] == [{"ratio": 1.05}]
+    assert written["torch"] == torch.__version__ and written["threads"] == torch.get_num_threads()
+    assert written["date"] and written["device"]
