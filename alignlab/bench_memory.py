@@ -21,11 +21,16 @@ def _proc_status_kib(field: str) -> int:
 def peak_mib(fn: Callable[[], object]) -> float:
     """Peak resident memory of one call of fn above the level before it, MiB (Linux). Free heap pages are
     handed back first (malloc_trim) and the kernel's high-water mark is reset to the current level, so the
-    figure is the call's own, not the process's peak so far."""
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    before = _proc_status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # VmHWM := VmRSS
+    figure is the call's own, not the process's peak so far. NaN where the kernel offers no resettable
+    high-water mark (not Linux, or /proc read-only): the call still runs, the timings stand."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        before = _proc_status_kib("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # VmHWM := VmRSS
+    except OSError:
+        fn()
+        return float("nan")
     fn()
     return (_proc_status_kib("VmHWM") - before) / 1024
 
@@ -39,5 +44,6 @@ def peaks(fns: dict[str, Callable[[], object]], rounds: int = 2,
     mem: dict[str, float] = {}
     for _ in range(rounds):
         for name, fn in fns.items():
-            mem[name] = max(mem.get(name, 0.0), remote[name]() if name in remote else peak_mib(fn))
+            peak = remote[name]() if name in remote else peak_mib(fn)
+            mem[name] = max(mem[name], peak) if name in mem else peak
     return mem

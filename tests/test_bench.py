@@ -2,11 +2,13 @@
 `bench_model` describes, so those must be the model's own latents and text width, with LoRA attached."""
 
 import json
+import math
 
 import pytest
 import torch
 
 from alignlab.bench import bench_model, write_results
+from alignlab import bench_memory
 from alignlab.bench_memory import peak_mib, peaks
 from alignlab.models import build_tiny
 from alignlab.world import build_world
@@ -50,3 +52,10 @@ def test_bench_results_carry_what_they_were_measured_with(tmp_path):
     assert written["cases"] == [{"ratio": 1.05}]
     assert written["torch"] == torch.__version__ and written["threads"] == torch.get_num_threads()
     assert written["date"] and written["device"]
+
+
+def test_peak_memory_is_nan_where_the_kernel_cannot_reset_its_high_water_mark(monkeypatch):
+    calls = []
+    monkeypatch.setattr(bench_memory, "_proc_status_kib", lambda field: (_ for _ in ()).throw(OSError(field)))
+    assert math.isnan(peak_mib(lambda: calls.append(1))) and calls == [1]
+    assert math.isnan(peaks({"rollout": lambda: calls.append(2)})["rollout"]) and calls == [1, 2, 2]
