@@ -29,10 +29,9 @@ def peak_mib(fn: Callable[[], object]) -> float:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # VmHWM := VmRSS
     except OSError:
-        fn()
-        return float("nan")
+        before = None
     fn()
-    return (_proc_status_kib("VmHWM") - before) / 1024
+    return float("nan") if before is None else (_proc_status_kib("VmHWM") - before) / 1024
 
 
 def peaks(fns: dict[str, Callable[[], object]], rounds: int = 2,
