@@ -33,17 +33,20 @@ def build_model(cfg: DictConfig, finetune: bool = True):
     """The configured model with its fine-tuning set up (LoRA added, or the UNet unfrozen);
     `finetune=False`: the base model as configured."""
     from alignlab.models import add_lora
+    from alignlab.models.speed import configure_speed
 
-    model = instantiate(cfg.model)
-    if not finetune:
-        return model
-    tune = cfg.finetune
-    if tune.mode == "lora":
-        add_lora(model, tune.rank, tune.alpha, tune.init, list(tune.target_modules))
-    elif tune.mode == "full":
-        model.unet.requires_grad_(True)
-    else:
-        raise ConfigError(f"finetune.mode must be lora or full, got {tune.mode!r}")
+    spec = OmegaConf.to_container(cfg.model, resolve=True)
+    speed = {key: spec.pop(key) for key in ("gradient_checkpointing", "compile") if key in spec}
+    model = instantiate(spec)
+    if finetune:
+        tune = cfg.finetune
+        if tune.mode == "lora":
+            add_lora(model, tune.rank, tune.alpha, tune.init, list(tune.target_modules))
+        elif tune.mode == "full":
+            model.unet.requires_grad_(True)
+        else:
+            raise ConfigError(f"finetune.mode must be lora or full, got {tune.mode!r}")
+    configure_speed(model.unet, **speed)  # after LoRA: compile the adapted UNet
     return model
 
 
@@ -81,7 +84,21 @@ def build(cfg: DictConfig, run_dir: Path):
     ]
     trainer = instantiate(cfg.trainer, default_root_dir=str(run_dir), logger=instantiate(cfg.logger),
                           callbacks=callbacks)
+    check_precision(model, trainer.precision)
     return method, trainer
+
+
+def check_precision(model, precision: str) -> None:
+    """Rollouts run under the autocast of the frozen weights' dtype (DiffusionModel.autocast), updates under
+    Lightning's precision: they must agree, or the policy that is trained is not the one that sampled (the
+    PPO ratio starts away from 1). fp16 also needs 16-mixed's gradient scaler."""
+    import torch
+
+    matching = {torch.float16: "16-mixed", torch.bfloat16: "bf16-mixed"}
+    wanted = matching.get(model.frozen_dtype, "32-true")
+    if precision != wanted and (precision in matching.values() or wanted in matching.values()):
+        dtype = str(model.frozen_dtype).removeprefix("torch.")
+        raise ConfigError(f"model.dtype={dtype} needs trainer.precision={wanted}, got {precision}")
 
 
 def train(cfg: DictConfig) -> float:

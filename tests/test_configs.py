@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 
 from alignlab.errors import WeightsNotFoundError
 from alignlab.methods.base import RLMethod
-from alignlab.run import CONF_DIR, build
+from alignlab.run import CONF_DIR, build, build_model
 from tests.hydra_app import compose_config
 
 GROUPS = ["model", "sampler", "reward", "optimizer", "method", "prompts", "trainer", "logger"]
@@ -33,13 +33,14 @@ def test_every_option_composes_and_instantiates(group, option, tmp_path, offline
     extra = [f"prompts.path={prompt_file}"] if (group, option) == ("prompts", "file") else []
     cfg = compose_config(tmp_path, [f"{group}={option}", *extra])
     node = cfg[group]
+    build_node = (lambda: build_model(cfg, finetune=False)) if group == "model" else (lambda: instantiate(node))
     if group == "method":
         method, trainer = build(cfg, tmp_path)
         assert isinstance(method, RLMethod) and trainer.max_epochs == cfg.trainer.max_epochs
         return
     if (group, option) in NEEDS_WEIGHTS:  # offline without them: one sentence naming the key to set
         with pytest.raises(InstantiationException) as info:
-            instantiate(node)
+            build_node()
         assert isinstance(info.value.__cause__, WeightsNotFoundError)
         assert f"{group}." in str(info.value.__cause__)
         return
@@ -47,7 +48,7 @@ def test_every_option_composes_and_instantiates(group, option, tmp_path, offline
         with pytest.raises(InstantiationException, match="gpu"):  # Lightning's FSDP needs CUDA (docs/scaling.md)
             instantiate(node)
         return
-    obj = instantiate(node)
+    obj = build_node()
     assert obj is not None
 
 
@@ -58,7 +59,7 @@ def test_experiment_presets_compose(preset, tmp_path, offline):
         assert instantiate(cfg[group]) is not None
     if cfg.model._target_.endswith("load_pretrained"):
         with pytest.raises(InstantiationException) as info:
-            instantiate(cfg.model)
+            build_model(cfg, finetune=False)
         assert isinstance(info.value.__cause__, WeightsNotFoundError)
 
 

@@ -57,7 +57,7 @@ def evaluate_prompts(model, sampler, reward, prompts: list[str], samples_per_pro
     rows = [p for p in prompts for _ in range(samples_per_prompt)]
     needs_items = getattr(sampler, "needs_items", False)
     rewards, images = [], []
-    with _eval_mode(model):
+    with _eval_mode(model), model.autocast():
         negative = model.encode_prompts([""])
         for first in range(0, len(rows), batch_size):
             chunk = rows[first : first + batch_size]

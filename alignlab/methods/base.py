@@ -88,7 +88,8 @@ class RLMethod(L.LightningModule):
     def round_batches(self) -> list[dict]:
         """The round's micro-batches, padded with idle ones to the most any rank has: every backward pass
         all-reduces gradients across ranks, so all ranks must make as many."""
-        batches = self.start_round()
+        with self.model.autocast():  # the update runs under the trainer's matching autocast (run.check_precision)
+            batches = self.start_round()
         most = len(batches)
         if self.world_size > 1:
             most = int(self.trainer.strategy.reduce(torch.tensor(most, device=self.device), reduce_op="max"))

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from torch import nn
+
+from alignlab.errors import ConfigError
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """model.dtype's value as a torch dtype."""
+    if name not in DTYPES:
+        raise ConfigError(f"model.dtype must be one of {sorted(DTYPES)}, got {name!r}")
+    return DTYPES[name]
 
 
 class DiffusionModel(nn.Module):
     """UNet + VAE + text encoder + tokenizer + DDIM scheduler, as in a StableDiffusionPipeline.
 
-    Only the UNet is trained (LoRA or full); the rest is frozen. `resolution` is the image size.
+    Only the UNet is trained (LoRA or full); the rest is frozen. `resolution` is the image size. The
+    components' dtype as built is the frozen dtype (model.dtype): half precision runs under `autocast`.
     """
 
     def __init__(self, unet, vae, text_encoder, tokenizer, scheduler, resolution: int):
@@ -19,6 +33,14 @@ class DiffusionModel(nn.Module):
         self.vae.requires_grad_(False)
         self.text_encoder.requires_grad_(False)
         self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.frozen_dtype = next(unet.parameters()).dtype
+
+    def autocast(self):
+        """Where the frozen weights are half precision, the context every UNet call runs in: autocast to
+        that dtype, as the papers sample (latents and LoRA stay float32). A no-op in float32."""
+        if self.frozen_dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(next(self.unet.parameters()).device.type, dtype=self.frozen_dtype)
 
     def latent_shape(self, batch: int) -> tuple[int, int, int, int]:
         side = self.resolution // self.vae_scale

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import os
 
-import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from alignlab.errors import ConfigError, WeightsNotFoundError
-from alignlab.models.diffusion import DiffusionModel
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+from alignlab.errors import WeightsNotFoundError
+from alignlab.models.diffusion import DiffusionModel, torch_dtype
 
 
 def load_pretrained(
@@ -22,18 +19,13 @@ def load_pretrained(
     `dtype` applies to the frozen weights (the papers keep them in fp16); trainable parameters are
     cast to fp32 when LoRA is added.
     """
-    if dtype not in _DTYPES:
-        raise ConfigError(f"model.dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-    torch_dtype = _DTYPES[dtype]
-    kwargs = {"revision": revision}
+    kwargs = {"revision": revision, "torch_dtype": torch_dtype(dtype)}
     try:
-        unet = UNet2DConditionModel.from_pretrained(pretrained, subfolder="unet", torch_dtype=torch_dtype, **kwargs)
-        vae = AutoencoderKL.from_pretrained(pretrained, subfolder="vae", torch_dtype=torch_dtype, **kwargs)
-        text_encoder = CLIPTextModel.from_pretrained(
-            pretrained, subfolder="text_encoder", torch_dtype=torch_dtype, **kwargs
-        )
-        tokenizer = CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer", **kwargs)
-        scheduler = DDIMScheduler.from_pretrained(pretrained, subfolder="scheduler", **kwargs)
+        unet = UNet2DConditionModel.from_pretrained(pretrained, subfolder="unet", **kwargs)
+        vae = AutoencoderKL.from_pretrained(pretrained, subfolder="vae", **kwargs)
+        text_encoder = CLIPTextModel.from_pretrained(pretrained, subfolder="text_encoder", **kwargs)
+        tokenizer = CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer", revision=revision)
+        scheduler = DDIMScheduler.from_pretrained(pretrained, subfolder="scheduler", revision=revision)
     except (OSError, ValueError) as error:
         where = "local directory" if os.path.isdir(pretrained) else "hub id (and no local directory of that name)"
         raise WeightsNotFoundError(

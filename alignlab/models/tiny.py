@@ -6,7 +6,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from alignlab.models.diffusion import DiffusionModel
+from alignlab.models.diffusion import DiffusionModel, torch_dtype
 from alignlab.models.tokenizer import clip_tokenizer
 
 
@@ -25,9 +25,11 @@ def build_tiny(
     cross_attention_dim: int = 32,
     attention_head_dim: int | tuple[int, ...] = 8,
     prediction_type: str = "epsilon",
+    dtype: str = "float32",
 ) -> DiffusionModel:
     """A few-hundred-thousand-parameter SD look-alike: cross-attention UNet, KL VAE (×2 down), CLIP
-    text encoder with the real tokenizer. Weights are random but fixed by `seed`."""
+    text encoder with the real tokenizer. Weights are random but fixed by `seed`; `dtype` is the frozen
+    weights' dtype, as load_pretrained's (so half-precision runs are testable on a CPU)."""
     levels = len(block_out_channels)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -55,4 +57,7 @@ def build_tiny(
                 projection_dim=cross_attention_dim,
             )
         )
+    frozen = torch_dtype(dtype)
+    if frozen != torch.float32:
+        unet, vae, text_encoder = unet.to(frozen), vae.to(frozen), text_encoder.to(frozen)
     return DiffusionModel(unet, vae, text_encoder.eval(), clip_tokenizer(), sd_scheduler(prediction_type), resolution)
