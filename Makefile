@@ -2,7 +2,7 @@
 PYTHON ?= python
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: help install test test-slow study study-smoke bench bench-peers world lint clean
+.PHONY: help install test test-slow study study-smoke bench bench-gpu bench-peers world lint clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -27,6 +27,12 @@ bench: ## speed and memory benchmarks (ratios measured side by side)
 	$(PYTHON) -m alignlab.bench
 	$(PYTHON) -m alignlab.bench_asyndm
 	$(PYTHON) -m alignlab.bench_rewards
+
+bench-gpu: ## on a CUDA machine: SD 1.5 / 2.1-shaped UNets at 512 px, fp16 / bf16, checkpointing, torch.compile (docs/benchmarks.md)
+	$(PYTHON) -m alignlab.bench --models sd15,sd21 --latent 64 --device cuda --dtype float16 --skip-methods --repeats 5 --out bench/gpu_float16.json
+	$(PYTHON) -m alignlab.bench --models sd15,sd21 --latent 64 --device cuda --dtype bfloat16 --skip-methods --repeats 5 --out bench/gpu_bfloat16.json
+	$(PYTHON) -m alignlab.bench_sd --models sd15 --out bench/sd15.json
+	$(PYTHON) -m alignlab.bench_sd --models sd21 --out bench/sd21.json
 
 bench-peers: ## our samplers vs the official ddpo-pytorch, AsynDM and D-Fusion code cloned under PEERS=dir (experiments/peers)
 	$(PYTHON) experiments/peers/run_ddpo.py --checkout $(PEERS)/ddpo-pytorch

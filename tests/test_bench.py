@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from alignlab.bench import bench_model, write_results
+from alignlab.bench import bench_model, case_functions, sd_shaped, write_results
 from alignlab import bench_memory
 from alignlab.bench_memory import peak_mib, peaks
 from alignlab.models import build_tiny
@@ -16,16 +16,30 @@ from alignlab.world import build_world
 
 @pytest.mark.parametrize("name, build", [("world", build_world), ("tiny", build_tiny)])
 def test_bench_model_describes_the_models_own_latents(name, build):
-    unet, scheduler, width, shape = bench_model(name, latent=16)
-    model = build()
-    assert tuple(shape) == model.latent_shape(1)[1:]
-    assert width == model.text_encoder.config.hidden_size
-    assert type(scheduler) is type(model.scheduler)
-    assert any("lora" in n for n, p in unet.named_parameters() if p.requires_grad)
-    x = torch.randn(2, *shape)
-    with torch.no_grad():
-        out = unet(x, torch.tensor(500), encoder_hidden_states=torch.randn(2, 77, width)).sample
-    assert out.shape == x.shape
+    model, built = bench_model(name, latent=16), build()
+    assert model.latent_shape(1) == built.latent_shape(1)
+    assert model.unet.config.cross_attention_dim == built.text_encoder.config.hidden_size
+    assert type(model.scheduler) is type(built.scheduler)
+    assert any("lora" in n for n, p in model.unet.named_parameters() if p.requires_grad)
+
+
+def test_the_sd_shaped_unets_have_sds_architecture():
+    """Parameter counts of SD 1.5's and SD 2.1's UNets (859.5 M and 865.9 M) and their text widths."""
+    for arch, millions, width in (("sd15", 859.5, 768), ("sd21", 865.9, 1024)):
+        with torch.device("meta"):  # shapes only: no 860 M random weights drawn
+            unet = sd_shaped(arch, latent=8)
+        assert sum(p.numel() for p in unet.parameters()) / 1e6 == pytest.approx(millions, abs=0.1), arch
+        assert unet.config.cross_attention_dim == width
+
+
+def test_bench_options_reach_the_model_as_a_run_sets_them():
+    model = bench_model("tiny", dtype="bfloat16", gradient_checkpointing=True)
+    assert model.frozen_dtype == torch.bfloat16 and model.unet.is_gradient_checkpointing
+    assert all(p.dtype == torch.float32 for p in model.unet.parameters() if p.requires_grad)  # LoRA
+    fns = case_functions(model, batch=2, steps=2)
+    assert set(fns) == {"calls", "rollout", "fwd_bwd", "update"}
+    fns["update"]()  # under the model's autocast, as a run's update: bf16 weights, fp32 LoRA
+    assert all(p.grad is None for p in model.unet.parameters())  # and it leaves no gradients behind
 
 
 def test_peak_memory_is_the_calls_own_not_the_processs_peak_so_far():
