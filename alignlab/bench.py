@@ -57,10 +57,7 @@ def bench_model(name: str, latent: int = 16, dtype: str = "float32", device: str
         if name in SD_UNETS:
             model = DiffusionModel(sd_shaped(name, latent), model.vae, model.text_encoder, model.tokenizer,
                                    model.scheduler, latent * 2)
-    frozen = torch_dtype(dtype)
-    if frozen != torch.float32:
-        model = DiffusionModel(model.unet.to(frozen), model.vae.to(frozen), model.text_encoder.to(frozen),
-                               model.tokenizer, model.scheduler, model.resolution)
+    model.to(torch_dtype(dtype))
     add_lora(model)
     configure_speed(model.unet, **speed)
     return model.to(device)

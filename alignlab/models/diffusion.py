@@ -33,7 +33,11 @@ class DiffusionModel(nn.Module):
         self.vae.requires_grad_(False)
         self.text_encoder.requires_grad_(False)
         self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
-        self.frozen_dtype = next(unet.parameters()).dtype
+
+    @property
+    def frozen_dtype(self) -> torch.dtype:
+        """The frozen weights' dtype (the UNet's first parameter, conv_in, is never a LoRA one)."""
+        return next(self.unet.parameters()).dtype
 
     def autocast(self):
         """Where the frozen weights are half precision, the context every UNet call runs in: autocast to

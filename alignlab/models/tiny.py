@@ -57,7 +57,5 @@ def build_tiny(
                 projection_dim=cross_attention_dim,
             )
         )
-    frozen = torch_dtype(dtype)
-    if frozen != torch.float32:
-        unet, vae, text_encoder = unet.to(frozen), vae.to(frozen), text_encoder.to(frozen)
-    return DiffusionModel(unet, vae, text_encoder.eval(), clip_tokenizer(), sd_scheduler(prediction_type), resolution)
+    model = DiffusionModel(unet, vae, text_encoder.eval(), clip_tokenizer(), sd_scheduler(prediction_type), resolution)
+    return model.to(torch_dtype(dtype))
