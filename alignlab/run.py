@@ -84,20 +84,24 @@ def build(cfg: DictConfig, run_dir: Path):
     ]
     trainer = instantiate(cfg.trainer, default_root_dir=str(run_dir), logger=instantiate(cfg.logger),
                           callbacks=callbacks)
-    check_precision(model, trainer.precision)
+    check_precision(model, trainer.precision, configured=cfg.trainer.get("precision"))
     return method, trainer
 
 
-def check_precision(model, precision: str) -> None:
+def check_precision(model, precision: str, configured=None) -> None:
     """Rollouts run under the autocast of the frozen weights' dtype (DiffusionModel.autocast), updates under
     Lightning's precision: they must agree, or the policy that is trained is not the one that sampled (the
-    PPO ratio starts away from 1). fp16 also needs 16-mixed's gradient scaler."""
+    PPO ratio starts away from 1). fp16 also needs 16-mixed's gradient scaler. `configured` is the precision
+    asked for: Lightning replaces 16-mixed by bf16-mixed on a CPU, which deserves its own sentence."""
     import torch
 
     matching = {torch.float16: "16-mixed", torch.bfloat16: "bf16-mixed"}
     wanted = matching.get(model.frozen_dtype, "32-true")
     if precision != wanted and (precision in matching.values() or wanted in matching.values()):
         dtype = str(model.frozen_dtype).removeprefix("torch.")
+        if wanted == "16-mixed" and str(configured) in ("16", "16-mixed"):
+            raise ConfigError(f"model.dtype=float16 needs a GPU: Lightning runs trainer.precision=16-mixed as "
+                              f"{precision} on this device; use model.dtype=bfloat16 trainer.precision=bf16-mixed")
         raise ConfigError(f"model.dtype={dtype} needs trainer.precision={wanted}, got {precision}")
 
 

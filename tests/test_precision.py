@@ -61,3 +61,13 @@ def test_model_dtype_and_trainer_precision_must_agree(dtype, precision, wanted):
     with pytest.raises(ConfigError, match=f"needs trainer.precision={wanted}, got {precision}"):
         check_precision(SimpleNamespace(frozen_dtype=dtype), precision)
     check_precision(SimpleNamespace(frozen_dtype=dtype), wanted)
+
+
+def test_float16_asked_for_but_turned_into_bfloat16_by_lightning_says_so():
+    """On a CPU Lightning replaces 16-mixed by bf16-mixed: "needs 16-mixed, got bf16-mixed" would blame the user's
+    own, correct override."""
+    with pytest.raises(ConfigError, match="model.dtype=float16 needs a GPU: Lightning runs trainer.precision=16-mixed "
+                                          "as bf16-mixed"):
+        check_precision(SimpleNamespace(frozen_dtype=torch.float16), "bf16-mixed", configured="16-mixed")
+    with pytest.raises(ConfigError, match="needs trainer.precision=16-mixed, got bf16-mixed"):
+        check_precision(SimpleNamespace(frozen_dtype=torch.float16), "bf16-mixed", configured="bf16-mixed")
