@@ -124,6 +124,7 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, samples_per_prom
 
     from alignlab.config import EvalConfig
     from alignlab.eval import evaluate_prompts, select_prompts
+    from alignlab.rewards import preload
     from alignlab.training.artifacts import sample_grid
     from alignlab.world.oracle import oracle_report
 
@@ -148,6 +149,7 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, samples_per_prom
     for scorer in scorers.values():
         if isinstance(scorer, torch.nn.Module):
             scorer.to(device)
+        preload(scorer, device)  # before any sampling: missing reward weights stop here
 
     names = list(scorers)
     first = evaluate_prompts(model, sampler, scorers[names[0]], prompts, samples_per_prompt, batch_size, seed,
@@ -223,15 +225,13 @@ def main(argv: list[str] | None = None) -> dict:
     from hydra.errors import InstantiationException
     from omegaconf.errors import OmegaConfBaseException
 
-    from alignlab.run import _root_cause
+    from alignlab.run import error_message, say_error
 
     try:
         options, base = parse_args(sys.argv[1:] if argv is None else argv)
         report = evaluate_run(**options, base=base)
     except (AlignlabError, InstantiationException, OmegaConfBaseException) as error:
-        cause = _root_cause(error)
-        message = str(cause) if isinstance(cause, AlignlabError) else str(error).splitlines()[0]
-        print(f"alignlab: error: {message}", file=sys.stderr)
+        say_error(error_message(error))
         sys.exit(2)
     out = Path(options["run_dir"]) / "eval"
     print(f"{report['weights']} weights on {len(report['prompts'])} {report['split']} prompts: "

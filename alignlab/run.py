@@ -69,6 +69,7 @@ def build(cfg: DictConfig, run_dir: Path):
     import lightning as L
 
     from alignlab.eval.callback import EvalCallback
+    from alignlab.rewards import preload
     from alignlab.training.callbacks import ExportWeights, RoundRecorder
     from alignlab.training.checkpoints import round_checkpoints
 
@@ -85,6 +86,7 @@ def build(cfg: DictConfig, run_dir: Path):
     trainer = instantiate(cfg.trainer, default_root_dir=str(run_dir), logger=instantiate(cfg.logger),
                           callbacks=callbacks)
     check_precision(model, trainer.precision, configured=cfg.trainer.get("precision"))
+    preload(parts["reward"], trainer.strategy.root_device)  # missing reward weights stop the run here
     return method, trainer
 
 
@@ -217,11 +219,25 @@ def error_message(error: BaseException) -> str:
     return str(error).splitlines()[0]
 
 
+def reported_error(error: BaseException) -> BaseException | None:
+    """The bad input behind `error`, which is either it or one it was raised while handling: an error in the
+    first round's rollout makes Lightning's clean-up fail in turn (`Please call iter(combined_loader) first`),
+    which would hide it. None: not bad input (a bug keeps its traceback)."""
+    while error is not None:
+        if isinstance(error, (AlignlabError, InstantiationException, OmegaConfBaseException)):
+            return error
+        error = None if error.__suppress_context__ else error.__context__
+    return None
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> float:
     try:
         return train(cfg)
-    except (AlignlabError, InstantiationException, OmegaConfBaseException) as error:
+    except Exception as raised:
+        error = reported_error(raised)
+        if error is None:
+            raise
         say_error(error_message(error))
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # Hydra marks this job failed and runs the sweep's others (SystemExit would end the sweep)

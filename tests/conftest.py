@@ -10,6 +10,8 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 import alignlab  # noqa: E402,F401  (torchvision repair first)
 from alignlab.models import build_tiny  # noqa: E402
+import lightning  # noqa: E402,F401  (its import binds a log handler to sys.stderr: the real one, not the captured
+#                  stream of whichever test imported it first, which is closed when the next test logs)
 
 
 @pytest.fixture

@@ -16,6 +16,8 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 
 from alignlab import run
+from alignlab.errors import ConfigError
+from alignlab.methods.ddpo import DDPO
 from tests.hydra_app import start_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,3 +132,35 @@ def test_the_command_line_prints_the_same_line(overrides, cli_runs):
     _, stderr = process.communicate(timeout=300)
     assert_one_clear_line(process.returncode, stderr, dict(ROWS)[overrides].replace("{tmp}", str(run_dir.parent)))
     assert_kept(run_dir)
+
+
+def test_bad_input_met_in_the_first_rollout_is_one_clear_line(tmp_path, offline, monkeypatch, capsys):
+    """Lightning's clean-up after an error in the first round's rollout fails in turn (`Please call
+    iter(combined_loader) first`): the sentence reported must still be the bad input's."""
+    def refuse(method):
+        raise ConfigError("bad input met in the rollout")
+
+    monkeypatch.setattr(DDPO, "start_round", refuse)
+    argv = command_line("method=ddpo model=tiny reward=jpeg_compressibility", tmp_path / "run")
+    code, stderr = run_in_process(argv, monkeypatch, capsys)
+    assert_one_clear_line(code, stderr, "bad input met in the rollout")
+
+
+def test_an_error_raised_while_handling_bad_input_reports_the_bad_input_and_a_bug_keeps_its_traceback():
+    def raised(error, while_handling=None):
+        try:
+            if while_handling is not None:
+                try:
+                    raise while_handling
+                except BaseException:
+                    raise error  # noqa: B904  (the implicit context is what is tested)
+            raise error
+        except BaseException as caught:
+            return caught
+
+    bad_input = ConfigError("bad input")
+    assert run.reported_error(raised(RuntimeError("clean-up failed"), while_handling=bad_input)) is bad_input
+    assert run.reported_error(raised(RuntimeError("a bug"), while_handling=KeyError("x"))) is None
+    suppressed = RuntimeError("from None")
+    suppressed.__context__, suppressed.__suppress_context__ = bad_input, True
+    assert run.reported_error(suppressed) is None

@@ -18,6 +18,7 @@ from alignlab.rewards import (
     JpegIncompressibility,
     MultiReward,
     PickScore,
+    preload,
 )
 from alignlab.rewards.clip import OpenClip
 from alignlab.run import CONF_DIR
@@ -257,6 +258,17 @@ def test_multi_weights_must_match_components():
         MultiReward({"a": JpegCompressibility()}, {"a": 1.0, "b": 1.0})
     with pytest.raises(ConfigError, match="reward.weights"):
         MultiReward({"a": JpegCompressibility(), "b": JpegIncompressibility()}, {"a": 1.0})
+
+
+def test_preloading_a_multi_reward_reads_each_components_weights(tiny_clip_checkpoint, offline):
+    """alignlab.run preloads the reward before the first rollout: a component's missing weights must surface then."""
+    present = ClipScore(model_name=TINY_CLIP, pretrained=tiny_clip_checkpoint)
+    preload(MultiReward({"clip": present, "jpeg": JpegCompressibility()}, {"clip": 1.0, "jpeg": 1.0}), "cpu")
+    assert present._clip is not None
+    unreachable = ClipScore(model_name="ViT-B-32", pretrained="laion2b_s34b_b79k")  # a tag, offline
+    with pytest.raises(WeightsNotFoundError, match="'laion2b_s34b_b79k' weights of CLIP model ViT-B-32"):
+        preload(MultiReward({"clip": unreachable, "jpeg": JpegCompressibility()}, {"clip": 1.0, "jpeg": 1.0}), "cpu")
+    preload(JpegCompressibility(), "cpu")  # no weights: nothing to do
 
 
 def test_multi_config_instantiates_nested_rewards():

@@ -67,6 +67,13 @@ class AsynSampler(DDIMSampler):
         self.curve, self.mask_mode = curve, mask_mode
         self.mask_threshold, self.capture_downscale = mask_threshold, capture_downscale
 
+    def check_prompts(self, prompt_set, split: str, prompts: list[str]) -> None:
+        """Items are looked up prompt by prompt as each batch is sampled: a split that names none is refused
+        before the run starts rather than at its first rollout."""
+        if not any(prompt_set.items_for(prompt) for prompt in prompts):
+            raise ConfigError(f"sampler=asyn needs prompts with item words in the '{split}' split of prompt set "
+                              f"'{prompt_set.name}' (e.g. prompts=asyn_animals)")
+
     def grid(self, scheduler) -> Grid:
         config = scheduler.config
         return Grid(config.num_train_timesteps, self.num_steps, config.steps_offset)

@@ -46,9 +46,7 @@ class AsynDM(RLMethod):
             if value < 1:
                 raise ConfigError(f"method.{key} must be >= 1, got {value}")
         pool = (prompts.train if split == "train" else prompts.test)[:num_prompts]
-        if not any(prompts.items_for(p) for p in pool):
-            raise ConfigError(f"method=asyndm needs prompts with item words in the '{split}' split of prompt set "
-                              f"'{prompts.name}' (e.g. prompts=asyn_animals)")
+        sampler.check_prompts(prompts, split, pool)
         self.rows = [p for p in pool for _ in range(images_per_prompt)]
         self.gold = all(map(is_world_prompt, self.rows))  # the oracle can judge every image
         self.batch_size, self.mask_steps = batch_size, mask_steps

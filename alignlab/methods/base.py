@@ -48,6 +48,8 @@ class RLMethod(L.LightningModule):
         self.micro_step = 0
         self.first_row = 0  # global index of this rank's first sample row this round (share_of_round)
         self.idle_batches = 0  # this round's padding micro-batches (round_batches)
+        if getattr(sampler, "needs_items", False) and not getattr(self, "evaluation_only", False):
+            sampler.check_prompts(prompts, "train", prompts.train)  # (AsynDM checks the split it evaluates)
 
     # -- randomness ---------------------------------------------------------------------------
     def generator(self, stream: int, row: int | None = None) -> torch.Generator:

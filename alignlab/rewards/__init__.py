@@ -1,6 +1,7 @@
 """Reward functions: `reward(images in [0, 1] (B,3,H,W), prompts) -> (B,) float32`."""
 
 from alignlab.rewards.aesthetic import AestheticScore
+from alignlab.rewards.chunked import preload
 from alignlab.rewards.clip import ClipScore
 from alignlab.rewards.hpsv2 import HPSv2
 from alignlab.rewards.jpeg import JpegCompressibility, JpegIncompressibility
@@ -15,4 +16,5 @@ __all__ = [
     "JpegIncompressibility",
     "MultiReward",
     "PickScore",
+    "preload",
 ]

@@ -29,3 +29,11 @@ class ChunkedReward:
         if not self._loaded:
             self._load(torch.device(self.device) if self.device else device)
             self._loaded = True
+
+
+def preload(reward, device) -> None:
+    """Read a reward's weights now rather than at its first call: a missing or unreachable checkpoint then
+    stops a run before it samples anything. Rewards without weights have no `load`."""
+    load = getattr(reward, "load", None)
+    if load is not None:
+        load(torch.device(device))

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import torch
 
 from alignlab.errors import ConfigError
+from alignlab.rewards.chunked import preload
 
 
 class MultiReward:
@@ -30,6 +31,10 @@ class MultiReward:
         self.components = components
         self.weights = weights
         self.last_components: dict[str, torch.Tensor] = {}
+
+    def load(self, device: torch.device) -> None:
+        for reward in self.components.values():
+            preload(reward, device)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
