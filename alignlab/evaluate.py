@@ -88,7 +88,7 @@ def load_model(cfg, run_dir: Path, base: bool = False):
 
         if not (run_dir / "unet").is_dir():
             raise ConfigError(f"run_dir: no fine-tuned UNet at '{run_dir / 'unet'}'")
-        model.unet = UNet2DConditionModel.from_pretrained(run_dir / "unet").to(model.unet.dtype)
+        model.unet = UNet2DConditionModel.from_pretrained(run_dir / "unet", torch_dtype=model.frozen_dtype)
     else:
         load_lora(model, run_dir / "lora")
     model.requires_grad_(False)

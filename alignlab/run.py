@@ -32,6 +32,8 @@ register_schemas()
 def build_model(cfg: DictConfig, finetune: bool = True):
     """The configured model with its fine-tuning set up (LoRA added, or the UNet unfrozen);
     `finetune=False`: the base model as configured."""
+    import torch
+
     from alignlab.models import add_lora
     from alignlab.models.speed import configure_speed
 
@@ -43,6 +45,9 @@ def build_model(cfg: DictConfig, finetune: bool = True):
         if tune.mode == "lora":
             add_lora(model, tune.rank, tune.alpha, tune.init, list(tune.target_modules))
         elif tune.mode == "full":
+            if model.frozen_dtype == torch.float16:  # 16-mixed's gradient scaler refuses float16 gradients
+                raise ConfigError("finetune.mode=full trains the UNet's own weights, which model.dtype=float16 makes "
+                                  "float16: use model.dtype=bfloat16 or float32, or finetune.mode=lora")
             model.unet.requires_grad_(True)
         else:
             raise ConfigError(f"finetune.mode must be lora or full, got {tune.mode!r}")

@@ -137,6 +137,7 @@ class B2DiffuRLDPO(B2DiffuRL):
     a natural preference pair. Trained with D-Fusion's trajectory DPO on the branched interval, against
     the frozen reference (DPO's own update code, not a copy)."""
 
+    needs_reference = True
     trajectory_update = DPO.trajectory_update
     reference_log_probs = DPO.reference_log_probs
     record = DPO.record

@@ -15,7 +15,7 @@ from alignlab.core.sampling import Trajectory
 from alignlab.core.token_spans import ItemBatch
 from alignlab.errors import AlignlabError
 from alignlab.methods.rounds import round_loader
-from alignlab.models import trainable_parameters
+from alignlab.models import require_reference, trainable_parameters
 from alignlab.world.oracle import oracle_stats
 
 
@@ -33,6 +33,8 @@ class RLMethod(L.LightningModule):
     normalised, and every rank runs as many micro-batches as the busiest one.
     """
 
+    needs_reference = False  # True: the update compares with the frozen pre-trained model (frozen_reference)
+
     def __init__(self, model, sampler, reward, optimizer, prompts, seed: int = 0, log_images: int = 16,
                  gradient_accumulation_steps: int = 1, max_grad_norm: float = 1.0):
         super().__init__()
@@ -48,6 +50,8 @@ class RLMethod(L.LightningModule):
         self.micro_step = 0
         self.first_row = 0  # global index of this rank's first sample row this round (share_of_round)
         self.idle_batches = 0  # this round's padding micro-batches (round_batches)
+        if self.needs_reference:
+            require_reference(model)
         if getattr(sampler, "needs_items", False) and not getattr(self, "evaluation_only", False):
             sampler.check_prompts(prompts, "train", prompts.train)  # (AsynDM checks the split it evaluates)
 

@@ -26,6 +26,8 @@ LOSSES = ("trajectory", "diffusion_dpo")
 
 
 class DPO(RLMethod):
+    needs_reference = True
+
     def __init__(
         self,
         model,

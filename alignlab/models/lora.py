@@ -12,6 +12,7 @@ from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
+from alignlab.errors import ConfigError
 from alignlab.models.diffusion import DiffusionModel
 
 PAPER_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -43,6 +44,13 @@ def trainable_parameters(model: DiffusionModel) -> list[torch.nn.Parameter]:
 
 def has_lora(model: DiffusionModel) -> bool:
     return bool(getattr(model.unet, "_hf_peft_config_loaded", False))
+
+
+def require_reference(model: DiffusionModel) -> None:
+    """frozen_reference switches the LoRA adapters off: a fully fine-tuned UNet has none to switch."""
+    if not has_lora(model):
+        raise ConfigError("this method compares the policy with the pre-trained model, which alignlab gets by "
+                          "switching the LoRA adapters off: it needs finetune.mode=lora, got full")
 
 
 @contextmanager
