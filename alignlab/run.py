@@ -123,11 +123,16 @@ def train(cfg: DictConfig) -> float:
         record_config(cfg, run_dir)
         trainer.test(method)
         return float(trainer.callback_metrics.get("reward_mean", float("nan")))
-    ckpt_path = resume_checkpoint(run_dir / "checkpoints") if cfg.resume else None
+    checkpoint = resume_checkpoint(run_dir / "checkpoints") if cfg.resume else None
+    if checkpoint:
+        checkpoint.check_fits(method)
+        if 0 <= trainer.max_epochs <= checkpoint.rounds:  # Lightning would sample a whole round before stopping
+            log.info("%s has done %d rounds (trainer.max_epochs=%d): nothing to run", run_dir, checkpoint.rounds,
+                     trainer.max_epochs)
+            return final_reward(run_dir)
+        log.info("resuming from %s", checkpoint.path)
     record_config(cfg, run_dir)
-    if ckpt_path:
-        log.info("resuming from %s", ckpt_path)
-    trainer.fit(method, ckpt_path=ckpt_path, weights_only=True)
+    trainer.fit(method, ckpt_path=checkpoint.path if checkpoint else None, weights_only=True)
     return final_reward(run_dir)
 
 

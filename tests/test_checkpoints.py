@@ -10,9 +10,11 @@ import time
 import pytest
 import torch
 
-from alignlab.errors import AlignlabError
+from alignlab.errors import AlignlabError, ConfigError
+from alignlab.methods.ddpo import DDPO
+from alignlab.run import train
 from alignlab.training.artifacts import read_metrics
-from tests.hydra_app import FAST, comparable, run_inprocess, same_lora
+from tests.hydra_app import FAST, comparable, compose_config, run_inprocess, same_lora
 
 def test_last_k_kept_and_a_corrupt_newest_falls_back_to_an_older_round(tmp_path):
     straight, resumed = tmp_path / "a", tmp_path / "b"
@@ -37,6 +39,32 @@ def test_no_readable_checkpoint_is_one_sentence(tmp_path):
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
     with pytest.warns(UserWarning), pytest.raises(AlignlabError, match="no readable checkpoint .* resume=false"):
         run_inprocess(tmp_path, "trainer.max_epochs=1", "logger=none")
+
+
+def test_rerunning_a_finished_run_samples_nothing_and_returns_its_reward(tmp_path, monkeypatch):
+    """Lightning would roll out the next round before noticing max_epochs is reached: minutes on SD per
+    finished job when a sweep is launched again to complete the missing ones."""
+    rows = run_inprocess(tmp_path, "trainer.max_epochs=2", "logger=none")
+    files = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+
+    def no_rollout(method):
+        raise AssertionError("a finished run sampled a round")
+
+    monkeypatch.setattr(DDPO, "start_round", no_rollout)
+    for max_epochs in (2, 1):
+        assert train(compose_config(tmp_path, [*FAST, f"trainer.max_epochs={max_epochs}", "logger=none"])) == \
+            rows[-1]["reward_mean"]
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == files
+
+
+@pytest.mark.parametrize("change, differing", [("finetune.rank=8", "lora_A"), ("finetune.mode=full", "conv_in")])
+def test_resuming_with_other_trainable_weights_is_one_sentence_and_writes_nothing(tmp_path, change, differing):
+    run_inprocess(tmp_path, "trainer.max_epochs=1", "logger=none")
+    files = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    with pytest.raises(ConfigError, match=f"last.ckpt holds other trainable weights than this config trains "
+                                          f"\\(\\d+ of \\d+ differ, e.g. .*{differing}.*resume=false"):
+        run_inprocess(tmp_path, "trainer.max_epochs=2", "logger=none", change)
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == files
 
 
 def test_truncated_last_metrics_line_is_left_out(tmp_path):
