@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -76,9 +77,9 @@ def _cell(value) -> str:
 
 
 def across_seeds(values: list) -> dict | None:
-    """{"mean", "std", "seeds"} of one number over seeds (None values left out; std: the sample standard
+    """{"mean", "std", "seeds"} of one number over seeds (None and NaN values left out; std: the sample standard
     deviation, None for one seed); None when no seed has the number."""
-    values = [v for v in values if v is not None]
+    values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:
         return None
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
@@ -104,11 +105,11 @@ def seed_groups(runs: dict[str, dict], shared: list[str]) -> dict[str, list[str]
 def plot_mean_std(ax, x: list[float], series: list[list[float]], label: str) -> None:
     """One curve: the mean over `series` (one list per seed, cut to the shortest) with a ± std band."""
     length = min(len(x), *map(len, series))
-    points = [across_seeds([s[i] for s in series]) for i in range(length)]
+    points = [across_seeds([s[i] for s in series]) or {"mean": math.nan, "std": None} for i in range(length)]
     mean = [p["mean"] for p in points]
     line, = ax.plot(x[:length], mean, marker=".", label=f"{label} (n={len(series)})" if len(series) > 1 else label)
-    if len(series) > 1:
-        std = [p["std"] for p in points]
+    if len(series) > 1:  # (rounds where fewer than two seeds have the number get no band)
+        std = [math.nan if p["std"] is None else p["std"] for p in points]
         ax.fill_between(x[:length], [m - d for m, d in zip(mean, std, strict=True)],
                         [m + d for m, d in zip(mean, std, strict=True)], alpha=0.2, color=line.get_color())
 

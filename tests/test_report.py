@@ -61,3 +61,19 @@ def test_runs_that_differ_only_by_seed_pool_into_mean_and_std(tmp_path):
     assert "| method=ddpo | 3 | 2 ± 0 | 0 ± 0 | 0.3 ± 0.2 |" in table
     assert "| method=b2diffurl | 1 | 2 | 0 | 0.2 |" in table
     assert "| method=ddpo seed=1 | 2 | 0 | 0.3 |" in table  # the per-run rows stay
+
+
+def test_seeds_pool_where_a_number_is_missing_in_some_runs(tmp_path):
+    """A sweep over world and non-world prompts: the oracle curve has NaN rounds (statistics.stdev crashed on
+    them), and a round that only one seed reached or reported has a mean but no band."""
+    _run(tmp_path / "w", ["prompts=shapes", "seed=0"], [{"round": 0, "reward_mean": 0.1, "oracle_score": 0.5}])
+    _run(tmp_path / "s0", ["prompts=simple", "seed=0"], [{"round": 0, "reward_mean": 0.2},
+                                                         {"round": 1, "reward_mean": 0.4}])
+    _run(tmp_path / "s1", ["prompts=simple", "seed=1"], [{"round": 0, "reward_mean": 0.3},
+                                                         {"round": 1, "reward_mean": float("nan")}])
+    write_summary(tmp_path)
+    simple = json.loads((tmp_path / "summary_seeds.json").read_text())["prompts=simple"]
+    assert simple["reward_first"] == {"mean": pytest.approx(0.25), "std": pytest.approx(0.0707107), "seeds": 2}
+    assert simple["reward_last"] == {"mean": 0.4, "std": None, "seeds": 1}  # the NaN one left out
+    assert simple["oracle_score_last"] is None
+    assert (tmp_path / "curves.png").stat().st_size > 0
