@@ -131,6 +131,10 @@ def train(cfg: DictConfig) -> float:
                      trainer.max_epochs)
             return final_reward(run_dir)
         log.info("resuming from %s", checkpoint.path)
+        changed = changed_since_recorded(cfg, run_dir)
+        if changed:
+            log.warning("resuming with another %s than %s was run with (.hydra/config.yaml now records this run's)",
+                        ", ".join(changed), run_dir)
     record_config(cfg, run_dir)
     trainer.fit(method, ckpt_path=checkpoint.path if checkpoint else None, weights_only=True)
     return final_reward(run_dir)
@@ -149,6 +153,20 @@ def record_config(cfg: DictConfig, run_dir: Path) -> None:
     (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
     for name, content in files.items():
         replace_atomically(run_dir / ".hydra" / name, lambda tmp, content=content: OmegaConf.save(content, tmp))
+
+
+LEARNING_SETTINGS = ("method", "model", "finetune", "reward", "sampler", "prompts", "optimizer", "seed")
+
+
+def changed_since_recorded(cfg: DictConfig, run_dir: Path) -> list[str]:
+    """The settings that shape what a run learns which differ from those recorded for it: resuming with them
+    may be meant (a curriculum), or a wrong hydra.run.dir."""
+    path = run_dir / ".hydra" / "config.yaml"
+    if not path.is_file():
+        return []
+    recorded = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    current = OmegaConf.to_container(cfg, resolve=False)
+    return [key for key in LEARNING_SETTINGS if recorded.get(key) != current.get(key)]
 
 
 def final_reward(run_dir: Path) -> float:

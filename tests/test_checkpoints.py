@@ -67,6 +67,18 @@ def test_resuming_with_other_trainable_weights_is_one_sentence_and_writes_nothin
     assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == files
 
 
+def test_resuming_with_another_reward_warns_and_a_longer_run_does_not(tmp_path, caplog):
+    run_inprocess(tmp_path, "trainer.max_epochs=1", "logger=none")
+    with caplog.at_level("WARNING", logger="alignlab"):
+        run_inprocess(tmp_path, "trainer.max_epochs=2", "logger=none", "checkpoint.keep=2")
+    assert not [r for r in caplog.records if r.levelname == "WARNING" and r.name == "alignlab"]
+    with caplog.at_level("WARNING", logger="alignlab"):
+        run_inprocess(tmp_path, "trainer.max_epochs=3", "logger=none", "reward=jpeg_incompressibility",
+                      "optimizer.lr=1e-4")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name == "alignlab"]
+    assert len(warnings) == 1 and warnings[0].startswith("resuming with another reward, optimizer than")
+
+
 def test_truncated_last_metrics_line_is_left_out(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"round": 0, "reward_mean": 1.0}\n{"round": 1, "rew')
