@@ -268,7 +268,9 @@ def main(cfg: DictConfig) -> float:
             raise
         say_error(error_message(error))
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # Hydra marks this job failed and runs the sweep's others (SystemExit would end the sweep)
+            # Hydra marks this job failed, shows the bad input's message and runs the sweep's other jobs (SystemExit
+            # would end the sweep)
+            raise error from None
         sys.exit(2)
 
 
