@@ -78,10 +78,15 @@ def load_lora(model, directory: Path) -> None:
 
 def load_model(cfg, run_dir: Path, base: bool = False):
     """The run's model as alignlab.run builds it, with the run's exported weights (none when `base`)."""
+    from hydra.utils import get_object
+
     from alignlab.run import build_model
 
     if base:
         return build_model(cfg, finetune=False)
+    if getattr(get_object(cfg.method._target_), "evaluation_only", False):
+        raise ConfigError(f"run_dir: method={cfg.method._target_.rsplit('.', 1)[-1].lower()} trains nothing, so the "
+                          "run has no weights of its own; pass --base to evaluate the model it samples with")
     model = build_model(cfg)
     if cfg.finetune.mode == "full":
         from diffusers import UNet2DConditionModel

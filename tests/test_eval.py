@@ -115,6 +115,16 @@ def test_cli_missing_lora_is_one_line(runs, tmp_path, capsys):
     assert len(err) == 1 and "no LoRA weights" in err[0]
 
 
+def test_cli_on_a_training_free_run_points_to_base(tmp_path, capsys):
+    record_config(compose_config(tmp_path, ["model=tiny", "method=asyndm", "prompts=asyn_animals"]), tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_main([f"run_dir={tmp_path}"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "alignlab: error: run_dir: method=asyndm trains nothing, so the run has no weights of its own; pass --base "
+        "to evaluate the model it samples with"]
+
+
 def test_diversity_is_the_mean_pairwise_cosine_distance_within_each_prompt():
     a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
     assert pairwise_diversity(torch.stack([a, a, a, b]), 2) == [0.0, 1.0]  # identical images; orthogonal ones
