@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="bench/results.json")
     args = parser.parse_args(argv)
     options = {"dtype": args.dtype, "device": args.device, "gradient_checkpointing": args.gradient_checkpointing,
-               "compile": {"false": False, "true": True}.get(args.compile, args.compile)}
+               "compile": compile_option(args.compile)}
     cases = []
     for name in args.models.split(","):
         small = name in SD_UNETS and args.device == "cpu"  # SD's UNet on a CPU: the smallest grid
@@ -208,6 +208,11 @@ def main(argv: list[str] | None = None) -> None:
               f"D-Fusion: a fused target {methods['dfusion_fused_over_plain']:.3f}x an ordinary sample (goal <= 2.1; "
               f"peak memory x{methods['dfusion_peak_memory_ratio']:.3f})")
     write_results(args.out, cases=cases, methods=methods)
+
+
+def compile_option(text: str) -> bool | str:
+    """A --compile argument as model.compile takes it: false, true (inductor) or a backend name."""
+    return {"false": False, "true": True}.get(text, text)
 
 
 def write_results(path: str, **figures) -> None:

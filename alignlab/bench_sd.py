@@ -17,7 +17,7 @@ import argparse
 import itertools
 
 import alignlab  # noqa: F401
-from alignlab.bench import bench_model, case_functions, interleaved, write_results
+from alignlab.bench import bench_model, case_functions, compile_option, interleaved, write_results
 from alignlab.bench_memory import peaks
 
 DTYPES = ("float16", "bfloat16")
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtypes", default=",".join(DTYPES))
     parser.add_argument("--out", default="bench/sd.json")
     args = parser.parse_args(argv)
-    compile = True if args.compile == "true" else args.compile
+    compile = compile_option(args.compile)
     rows = []
     for name in args.models.split(","):
         for row in run_grid(name, args.latent, args.batch, args.steps, args.repeats, args.device, compile,

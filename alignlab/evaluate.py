@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 import alignlab  # noqa: F401  (repairs the torchvision import before anything imports it)
-from alignlab.errors import AlignlabError, ConfigError
+from alignlab.errors import ConfigError
 
 KEYS = {"run_dir", "split", "samples_per_prompt", "max_prompts", "batch_size", "seed", "rewards", "name"}
 
@@ -227,15 +227,12 @@ def markdown_table(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from hydra.errors import InstantiationException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from alignlab.run import error_message, say_error
+    from alignlab.run import BAD_INPUT, error_message, say_error
 
     try:
         options, base = parse_args(sys.argv[1:] if argv is None else argv)
         report = evaluate_run(**options, base=base)
-    except (AlignlabError, InstantiationException, OmegaConfBaseException) as error:
+    except BAD_INPUT as error:
         say_error(error_message(error))
         sys.exit(2)
     out = Path(options["run_dir"]) / "eval"

@@ -119,7 +119,7 @@ def train(cfg: DictConfig) -> float:
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     method, trainer = build(cfg, run_dir)
-    if getattr(method, "evaluation_only", False):  # e.g. method=asyndm: nothing to train or resume
+    if method.evaluation_only:  # e.g. method=asyndm: nothing to train or resume
         record_config(cfg, run_dir)
         trainer.test(method)
         return float(trainer.callback_metrics.get("reward_mean", float("nan")))
@@ -247,12 +247,15 @@ def error_message(error: BaseException) -> str:
     return str(error).splitlines()[0]
 
 
+BAD_INPUT = (AlignlabError, InstantiationException, OmegaConfBaseException)  # what gets one sentence, exit 2
+
+
 def reported_error(error: BaseException) -> BaseException | None:
     """The bad input behind `error`, which is either it or one it was raised while handling: an error in the
     first round's rollout makes Lightning's clean-up fail in turn (`Please call iter(combined_loader) first`),
     which would hide it. None: not bad input (a bug keeps its traceback)."""
     while error is not None:
-        if isinstance(error, (AlignlabError, InstantiationException, OmegaConfBaseException)):
+        if isinstance(error, BAD_INPUT):
             return error
         error = None if error.__suppress_context__ else error.__context__
     return None

@@ -41,11 +41,16 @@ def test_no_readable_checkpoint_is_one_sentence(tmp_path):
         run_inprocess(tmp_path, "trainer.max_epochs=1", "logger=none")
 
 
+def files_in(directory) -> dict:
+    """Every file below `directory` with its bytes: what a rerun must leave as it was."""
+    return {path: path.read_bytes() for path in directory.rglob("*") if path.is_file()}
+
+
 def test_rerunning_a_finished_run_samples_nothing_and_returns_its_reward(tmp_path, monkeypatch):
     """Lightning would roll out the next round before noticing max_epochs is reached: minutes on SD per
     finished job when a sweep is launched again to complete the missing ones."""
     rows = run_inprocess(tmp_path, "trainer.max_epochs=2", "logger=none")
-    files = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    files = files_in(tmp_path)
 
     def no_rollout(method):
         raise AssertionError("a finished run sampled a round")
@@ -54,17 +59,17 @@ def test_rerunning_a_finished_run_samples_nothing_and_returns_its_reward(tmp_pat
     for max_epochs in (2, 1):
         assert train(compose_config(tmp_path, [*FAST, f"trainer.max_epochs={max_epochs}", "logger=none"])) == \
             rows[-1]["reward_mean"]
-    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == files
+    assert files_in(tmp_path) == files
 
 
 @pytest.mark.parametrize("change, differing", [("finetune.rank=8", "lora_A"), ("finetune.mode=full", "conv_in")])
 def test_resuming_with_other_trainable_weights_is_one_sentence_and_writes_nothing(tmp_path, change, differing):
     run_inprocess(tmp_path, "trainer.max_epochs=1", "logger=none")
-    files = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    files = files_in(tmp_path)
     with pytest.raises(ConfigError, match=f"last.ckpt holds other trainable weights than this config trains "
                                           f"\\(\\d+ of \\d+ differ, e.g. .*{differing}.*resume=false"):
         run_inprocess(tmp_path, "trainer.max_epochs=2", "logger=none", change)
-    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == files
+    assert files_in(tmp_path) == files
 
 
 def test_resuming_with_another_reward_warns_and_a_longer_run_does_not(tmp_path, caplog):

@@ -31,7 +31,7 @@ MASK_IMAGES = 4  # images shown in the timestep-map picture
 
 
 class AsynDM(RLMethod):
-    evaluation_only = True  # alignlab.run calls trainer.test
+    evaluation_only = True
 
     def __init__(self, model, sampler, reward, optimizer, prompts, seed: int = 0, split: str = "train",
                  num_prompts: int | None = None, images_per_prompt: int = 1, batch_size: int = 8,

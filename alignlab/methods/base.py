@@ -34,6 +34,7 @@ class RLMethod(L.LightningModule):
     """
 
     needs_reference = False  # True: the update compares with the frozen pre-trained model (frozen_reference)
+    evaluation_only = False  # True: nothing to train; alignlab.run calls trainer.test (method=asyndm)
 
     def __init__(self, model, sampler, reward, optimizer, prompts, seed: int = 0, log_images: int = 16,
                  gradient_accumulation_steps: int = 1, max_grad_norm: float = 1.0):
@@ -52,7 +53,7 @@ class RLMethod(L.LightningModule):
         self.idle_batches = 0  # this round's padding micro-batches (round_batches)
         if self.needs_reference:
             require_reference(model)
-        if getattr(sampler, "needs_items", False) and not getattr(self, "evaluation_only", False):
+        if getattr(sampler, "needs_items", False) and not self.evaluation_only:
             sampler.check_prompts(prompts, "train", prompts.train)  # (AsynDM checks the split it evaluates)
 
     # -- randomness ---------------------------------------------------------------------------
