@@ -40,8 +40,8 @@ bench-peers: ## our samplers vs the official ddpo-pytorch, AsynDM and D-Fusion c
 	$(PYTHON) experiments/peers/run_asyndm.py --checkout $(PEERS)/AsynDM --static
 	$(PYTHON) experiments/peers/run_dfusion.py --checkout $(PEERS)/D-Fusion
 
-world: ## retrain the shapes world (CLIP, text-to-image model, report) into world_build/ and install its weights
-	$(PYTHON) -m alignlab.world.build --out world_build --install
+world: ## rebuild the shapes world (CLIP, text encoder, text-to-image model, report) into world_build/ (--install: into the package)
+	$(PYTHON) -m alignlab.world.build --out world_build
 
 lint: ## static checks
 	$(PYTHON) -m ruff check alignlab tests experiments

@@ -34,7 +34,7 @@ class AsynSamplerConfig(SamplerConfig):
     curve: str = "bin"  # bin | lin | exp: the concave schedule of item pixels
     mask_mode: str = "dynamic"  # dynamic (masks from the previous step) | static (from a DM pass first)
     mask_threshold: float = 1.0  # an item's pixels: attention >= threshold x the item's mean attention
-    capture_downscale: int = 4  # masks from cross-attention at latent / 4 (16x16 of SD's 64x64)
+    capture_downscale: Optional[int] = None  # masks from cross-attention at latent / N; None: nearest 16x16
 
 
 @dataclass
@@ -83,7 +83,7 @@ class DFusionConfig(DPOConfig):
     fuse_start: int = 2  # first fused step index (the paper leaves steps 0-1 unfused)
     fuse_end: Optional[int] = None  # None: to the last step
     fuse_blocks: list[str] = field(default_factory=lambda: ["mid", "up"])
-    capture_downscale: int = 4  # masks from cross-attention at latent / 4 (16x16 of SD's 64x64)
+    capture_downscale: Optional[int] = None  # masks from cross-attention at latent / N; None: nearest 16x16
     default_threshold: float = 0.015  # for items whose prompt set gives no threshold
     # algo=ddpo only: PPO-clip on per-prompt normalised rewards of samples + fused targets
     clip_range: float = 1e-4
@@ -164,6 +164,8 @@ class RootConfig:
     logger: Any = None
 
 
+ROOT_KEYS = frozenset(RootConfig.__dataclass_fields__)
+
 WORLD_MODEL = "alignlab.world.build_world"
 
 
@@ -177,6 +179,19 @@ def default_clip(model_target: str, key: str) -> str:
 
 
 OmegaConf.register_new_resolver("default_clip", default_clip, replace=True)
+
+
+def public_groups() -> str:
+    """`group: option, ...` lines of conf/'s config groups for --help (Hydra's own list also shows the
+    schema/ groups, which only the presets use)."""
+    from pathlib import Path
+
+    conf = Path(__file__).resolve().parent.parent / "conf"
+    groups = sorted(d for d in conf.iterdir() if d.is_dir() and d.name != "hydra")
+    return "\n".join(f"{d.name}: {', '.join(sorted(f.stem for f in d.glob('*.yaml')))}" for d in groups)
+
+
+OmegaConf.register_new_resolver("alignlab_groups", public_groups, replace=True)
 
 
 def register_schemas() -> None:

@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import statistics
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -166,7 +167,10 @@ def main(argv: list[str] | None = None) -> None:
             raise ConfigError(f"no such directory '{root}'")
         write_summary(root)
     except ConfigError as error:
-        raise SystemExit(f"alignlab.report: {error}") from None
+        from alignlab.run import say_error
+
+        say_error(str(error))
+        sys.exit(2)
     print((root / "summary.md").read_text())
 
 

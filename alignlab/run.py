@@ -7,6 +7,7 @@ rounds with a Lightning Trainer that writes the run directory (architecture.md's
 from __future__ import annotations
 
 import logging
+import math
 import re
 import sys
 import tempfile
@@ -21,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import alignlab  # noqa: F401  (repairs the torchvision import before anything imports it)
-from alignlab.config import register_schemas
+from alignlab.config import ROOT_KEYS, register_schemas
 from alignlab.errors import AlignlabError, ConfigError
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -69,6 +70,39 @@ def build_optimizer(cfg: DictConfig, model):
     return factory
 
 
+def non_finite(node, prefix: str = "") -> tuple[str, float] | None:
+    """The first setting whose value is a NaN or infinite number, with that value (None: there is none)."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        name = f"{prefix}{key}" if isinstance(key, str) else f"{prefix.rstrip('.')}[{key}]"
+        if isinstance(value, float) and not math.isfinite(value):
+            return name, value
+        found = non_finite(value, f"{name}.")
+        if found:
+            return found
+    return None
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Settings no component checks on its own: every number finite, the seed in numpy's range, a LoRA rank,
+    at least one round, no top-level key the schema lacks (`+key=...` adds one). (Each component checks its
+    own ranges when it is built.)"""
+    unknown = [key for key in cfg if key != "hydra" and key not in ROOT_KEYS]
+    if unknown:
+        raise ConfigError(f"{unknown[0]} is not an alignlab setting (a typo?); the top-level settings are "
+                          f"{', '.join(sorted(ROOT_KEYS))}")
+    found = non_finite(OmegaConf.to_container(cfg, resolve=True))
+    if found:
+        raise ConfigError(f"{found[0]} must be a finite number, got {found[1]}")
+    if not 0 <= cfg.seed < 2**32:
+        raise ConfigError(f"seed must be in [0, 2**32), got {cfg.seed}")
+    if cfg.finetune.mode == "lora" and cfg.finetune.rank < 1:
+        raise ConfigError(f"finetune.rank must be >= 1, got {cfg.finetune.rank}")
+    max_epochs = cfg.trainer.get("max_epochs")
+    if max_epochs is not None and max_epochs < 1:
+        raise ConfigError(f"trainer.max_epochs (the number of rounds) must be >= 1, got {max_epochs}")
+
+
 def build(cfg: DictConfig, run_dir: Path):
     """Instantiate every component; all validation happens here, before anything is written."""
     import lightning as L
@@ -78,6 +112,7 @@ def build(cfg: DictConfig, run_dir: Path):
     from alignlab.training.callbacks import ExportWeights, RoundRecorder
     from alignlab.training.checkpoints import round_checkpoints
 
+    check_values(cfg)
     parts = {key: instantiate(cfg[key]) for key in ("sampler", "reward", "prompts")}  # checked before the model loads
     L.seed_everything(cfg.seed, verbose=False)  # LoRA init; rollouts use their own per-round generators
     model = build_model(cfg)

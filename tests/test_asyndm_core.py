@@ -203,8 +203,9 @@ def test_capture_layers_follow_the_latent_size(shape):
     picks down_blocks.2 and up_blocks.1, as 16x16 does in SD; outputs do not change under capture."""
     heads = 8 if shape == "sd1" else (2, 2, 4, 4)
     model = build_tiny(resolution=64, block_out_channels=(32, 32, 64, 64), attention_head_dim=heads)
-    layers, size = capture_layers(model.unet, (32, 32))
+    layers, size = capture_layers(model.unet, (32, 32), downscale=4)
     assert size == (8, 8)
+    assert capture_layers(model.unet, (32, 32))[1] == (16, 16)  # the default: the layers nearest 16×16
     assert sorted(name.split(".attentions")[0] for name in layers) == ["down_blocks.2", "up_blocks.1", "up_blocks.1"]
     store = AttentionStore()
     x, embeds = torch.randn(4, 4, 32, 32), model.encode_prompts(["a cat", "a dog", "", ""])

@@ -1,5 +1,6 @@
 """Model loading, the CLIP tokenizer, LoRA export and the frozen reference."""
 
+import os
 import time
 
 import huggingface_hub.constants
@@ -43,7 +44,12 @@ def test_saved_lora_reproduces_samples_in_a_diffusers_pipeline(tmp_path):
     traj = sampler.sample(model.unet, model.scheduler, model.encode_prompts(prompts), model.encode_prompts([""]),
                           model.latent_shape(2), torch.Generator().manual_seed(3))
     ours = model.decode(traj.final)
-    save_lora(model, tmp_path)
+    umask = os.umask(0o022)
+    try:
+        save_lora(model, tmp_path)
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "pytorch_lora_weights.safetensors").stat().st_mode & 0o777 == 0o644  # like every other file
 
     base = build_tiny()
     pipe = StableDiffusionPipeline(vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
@@ -117,3 +123,12 @@ def test_missing_weights_give_one_sentence(tmp_path, monkeypatch):
     assert time.perf_counter() - start < 30
     with pytest.raises(ConfigError, match="model.dtype"):
         load_pretrained(str(tmp_path), dtype="float8")
+
+
+def test_prompts_longer_than_the_text_encoder_reads_are_named_in_a_warning(caplog):
+    from alignlab.methods.base import warn_if_cut
+
+    long = "a red circle " + "and a blue square " * 40
+    with caplog.at_level("WARNING", logger="alignlab"):
+        assert warn_if_cut(clip_tokenizer(), ["a red circle", long, long]) == [long]
+    assert "1 prompt(s) are longer than the text encoder's 77 tokens" in caplog.text

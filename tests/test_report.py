@@ -30,9 +30,12 @@ def test_summary_reads_first_last_and_eval_values(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 0
 
 
-def test_a_directory_without_runs_is_one_sentence(tmp_path):
-    with pytest.raises(SystemExit, match="no run directories"):
+def test_a_directory_without_runs_is_one_sentence(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
         main([str(tmp_path)])
+    assert stopped.value.code == 2  # like alignlab.run and alignlab.evaluate
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("alignlab: error: ") and "no run directories" in line
 
 
 def test_labels_keep_only_what_differs_between_runs(tmp_path):

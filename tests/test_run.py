@@ -44,6 +44,8 @@ def test_help_lists_the_config_groups(tmp_path):
     for group in ("method:", "model:", "sampler:", "reward:", "optimizer:", "prompts:", "trainer:", "logger:",
                   "experiment:"):
         assert group in result.stdout
+    assert "method: asyndm, b2diffurl, ddpo, dfusion, dpo" in result.stdout
+    assert "schema/" not in result.stdout  # the presets' typed schemas are not options for users
 
 
 def test_non_finite_reward_drops_the_sample(tmp_path, monkeypatch):

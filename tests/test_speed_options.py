@@ -76,6 +76,7 @@ def test_a_compiled_unet_samples_and_rescores_as_the_eager_one():
     and go between calls must be traced in, not frozen into the first graph, checkpointed or not."""
     eager = rollouts(lora_tiny())
     for checkpointing in (False, True):
+        torch._dynamo.reset()  # one compiled UNet per process, as in a run: the two must not share dynamo's caches
         model = lora_tiny()
         keys = list(model.unet.state_dict())
         configure_speed(model.unet, gradient_checkpointing=checkpointing, compile="aot_eager")

@@ -21,6 +21,7 @@ from alignlab.world.model import build_world
 from alignlab.world.oracle import OracleReward, check
 from alignlab.world.render import render_batch
 from alignlab.world.t2i_training import T2I, train_t2i
+from alignlab.world.text_training import TEXT
 from tests.hydra_app import compose_config
 
 
@@ -88,8 +89,10 @@ def test_hard_negatives_are_other_grammatical_prompts():
 def test_pretraining_resumes_exactly(tmp_path, monkeypatch):
     """Both phases of the real pre-training code, interrupted in the second phase and resumed, give
     bit-identical weights to an uninterrupted run."""
-    phases = tuple((stage, replace(config, steps=3, batch_size=4, warmup=1, save_every=2)) for stage, config in T2I)
-    straight = load_file(train_t2i(tmp_path / "a", phases) / "unet.safetensors")
+    phases = tuple((stage, replace(config, steps=3, batch_size=4, warmup=1, save_every=2), noise)
+                   for stage, config, noise in T2I)
+    text = replace(TEXT, steps=2, batch_size=4, warmup=1)
+    straight = load_file(train_t2i(tmp_path / "a", phases, text) / "unet.safetensors")
 
     real = pretraining.step_generators
 
@@ -100,9 +103,9 @@ def test_pretraining_resumes_exactly(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pretraining, "step_generators", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        train_t2i(tmp_path / "b", phases)
+        train_t2i(tmp_path / "b", phases, text)
     monkeypatch.setattr(pretraining, "step_generators", real)
-    resumed_dir = train_t2i(tmp_path / "b", phases)
+    resumed_dir = train_t2i(tmp_path / "b", phases, text)
     resumed = load_file(resumed_dir / "unet.safetensors")
     assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
     model = build_world(str(resumed_dir))  # the smoke run's weights load through the shipped path

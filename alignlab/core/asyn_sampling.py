@@ -1,4 +1,4 @@
-"""The asynchronous sampler (AsynDM, shared/specs/asyndm.md): every latent pixel has its own timestep.
+"""The asynchronous sampler (AsynDM, docs/asyndm.md): every latent pixel has its own timestep.
 
 Pixels of the prompt's items (masks from cross-attention) follow a concave schedule and stay noisier
 for longer than the background, which follows the DDIM grid, so they are denoised against clearer
@@ -54,7 +54,7 @@ class AsynSampler(DDIMSampler):
 
     def __init__(self, num_steps: int = 20, guidance_scale: float = 5.0, eta: float = 1.0, progress: bool = True,
                  curve: str = "bin", mask_mode: str = "dynamic", mask_threshold: float = 1.0,
-                 capture_downscale: int = 4):
+                 capture_downscale: int | None = None):
         super().__init__(num_steps, guidance_scale, eta, progress)
         if curve not in CURVES:
             raise ConfigError(f"sampler.curve must be one of {', '.join(CURVES)}, got {curve!r}")
@@ -62,7 +62,7 @@ class AsynSampler(DDIMSampler):
             raise ConfigError(f"sampler.mask_mode must be dynamic or static, got {mask_mode!r}")
         if mask_threshold <= 0:
             raise ConfigError(f"sampler.mask_threshold must be > 0, got {mask_threshold}")
-        if capture_downscale < 1:
+        if capture_downscale is not None and capture_downscale < 1:
             raise ConfigError(f"sampler.capture_downscale must be >= 1, got {capture_downscale}")
         self.curve, self.mask_mode = curve, mask_mode
         self.mask_threshold, self.capture_downscale = mask_threshold, capture_downscale

@@ -35,16 +35,20 @@ def layer_resolution(unet, name: str, latent_size: tuple[int, int]) -> tuple[int
     return latent_size[0] // 2**level, latent_size[1] // 2**level
 
 
-def capture_layers(unet, latent_size: tuple[int, int], downscale: int = 4):
-    """The cross-attention layers at the resolution nearest latent / downscale (16×16 of a 64×64 latent
-    in SD: 5 layers), and that resolution. Nearest, because small UNets may have no layer at exactly it."""
-    if downscale < 1:
+CAPTURE_CELLS = 16  # the attention maps the papers' masks come from: 16×16 (SD's 64×64 latent / 4)
+
+
+def capture_layers(unet, latent_size: tuple[int, int], downscale: int | None = None):
+    """The cross-attention layers at the resolution nearest latent / downscale (None: nearest 16×16, which is
+    latent / 4 in SD, 5 layers, and the world's full 16×16 latent), and that resolution. Nearest, because
+    small UNets may have no layer at exactly it."""
+    if downscale is not None and downscale < 1:
         raise ValueError(f"the capture downscale must be >= 1, got {downscale}")
     layers = attention_layers(unet, cross=True)
     if not layers:
         raise ValueError("this UNet has no cross-attention layers to capture")
     sizes = {name: layer_resolution(unet, name, latent_size) for name in layers}
-    target = latent_size[0] / downscale
+    target = CAPTURE_CELLS if downscale is None else latent_size[0] / downscale
     size = min(set(sizes.values()), key=lambda hw: (abs(hw[0] - target), hw[0]))
     return {name: layers[name] for name in layers if sizes[name] == size}, size
 

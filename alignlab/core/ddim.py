@@ -1,4 +1,4 @@
-"""The DDIM step with the log-probability of the step it took (DDPO's core, see shared/specs/ddpo.md).
+"""The DDIM step with the log-probability of the step it took (DDPO's core, see docs/design.md).
 
 Timesteps may be scalars, one per sample (B,) or one per latent pixel (B, h, w): the same code
 serves the synchronous sampler, per-sample shuffled training timesteps and AsynDM's per-pixel maps.

@@ -1,5 +1,5 @@
 """D-Fusion's self-attention fusion: the target's self-attention reads keys and values blended from
-the reference's under the reference's item mask (shared/specs/dfusion.md).
+the reference's under the reference's item mask (docs/dfusion.md).
 
 Blending K and V is blending the OUTPUTS of the `to_k` / `to_v` projections, so it is done with
 forward hooks on those modules: diffusers' own (SDPA) attention processor stays in charge of the

@@ -1,4 +1,4 @@
-"""Per-item masks from captured cross-attention (AsynDM and D-Fusion; shared/specs/asyndm.md, dfusion.md).
+"""Per-item masks from captured cross-attention (AsynDM and D-Fusion; docs/asyndm.md, docs/dfusion.md).
 
 Attention probabilities (B, h·w, L) -> per-item maps (B, I, h, w) -> binary masks by AsynDM's
 relative rule or D-Fusion's absolute per-item threshold -> one curvature map where overlaps go to

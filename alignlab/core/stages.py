@@ -1,4 +1,4 @@
-"""B²-DiffuRL's per-stage bookkeeping (shared/specs/b2diffurl.md): the backward progressive schedule,
+"""B²-DiffuRL's per-stage bookkeeping (docs/b2diffurl.md): the backward progressive schedule,
 per-prompt z-scores over a bounded history of stages, and the choice of siblings to train on."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""AsynDM's timestep schedules: where each pixel's timestep goes next (shared/specs/asyndm.md).
+"""AsynDM's timestep schedules: where each pixel's timestep goes next (docs/asyndm.md).
 
 A schedule maps the float timestep state `s` (any shape) and the number of steps still to take
 after this one, `r`, to the next state. Background pixels follow `linear` (the DDIM grid); prompt-

@@ -32,6 +32,8 @@ class EvalCallback(L.Callback):
 
     def __init__(self, run_dir: str | Path, every: int = 0, samples_per_prompt: int = 2, max_prompts: int = 8,
                  split: str = "test", batch_size: int = 8):
+        if every < 0:
+            raise ConfigError(f"eval.every must be >= 0 (0: off), got {every}")
         if split not in ("test", "train"):
             raise ConfigError(f"eval.split must be test or train, got {split!r}")
         for key, value in [("samples_per_prompt", samples_per_prompt), ("max_prompts", max_prompts),

@@ -1,5 +1,5 @@
 """B²-DiffuRL + DDPO (Hu et al., CVPR 2025): backward progressive training on branched rollouts
-(shared/specs/b2diffurl.md). One stage = one round = one Lightning epoch; the stage index is `round_index`."""
+(docs/b2diffurl.md). One stage = one round = one Lightning epoch; the stage index is `round_index`."""
 
 from __future__ import annotations
 

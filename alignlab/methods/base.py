@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from collections import defaultdict
@@ -17,6 +18,18 @@ from alignlab.errors import AlignlabError
 from alignlab.methods.rounds import round_loader
 from alignlab.models import require_reference, trainable_parameters
 from alignlab.world.oracle import oracle_stats
+
+log = logging.getLogger("alignlab")
+
+
+def warn_if_cut(tokenizer, prompts: list[str]) -> list[str]:
+    """Warn about (and return) the prompts longer than the text encoder reads: SD's pipeline cuts them silently."""
+    limit = tokenizer.model_max_length
+    cut = [p for p in dict.fromkeys(prompts) if len(tokenizer(p, truncation=False).input_ids) > limit]
+    if cut:
+        log.warning("%d prompt(s) are longer than the text encoder's %d tokens and are cut there, e.g. %r", len(cut),
+                    limit, cut[0][:80] + ("…" if len(cut[0]) > 80 else ""))
+    return cut
 
 
 class RLMethod(L.LightningModule):
@@ -55,6 +68,7 @@ class RLMethod(L.LightningModule):
             require_reference(model)
         if getattr(sampler, "needs_items", False) and not self.evaluation_only:
             sampler.check_prompts(prompts, "train", prompts.train)  # (AsynDM checks the split it evaluates)
+        warn_if_cut(model.tokenizer, prompts.train + prompts.test)
 
     # -- randomness ---------------------------------------------------------------------------
     def generator(self, stream: int, row: int | None = None) -> torch.Generator:

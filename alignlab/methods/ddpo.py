@@ -1,4 +1,4 @@
-"""DDPO (Black et al.): PPO-clip on every denoising step of fresh rollouts (shared/specs/ddpo.md)."""
+"""DDPO (Black et al.): PPO-clip on every denoising step of fresh rollouts (docs/design.md)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,10 @@ class DDPO(RLMethod):
                            ("stat_buffer_size", stat_buffer_size), ("stat_min_count", stat_min_count)]:
             if value < 1:
                 raise ConfigError(f"method.{key} must be >= 1, got {value}")
+        for key, value in [("clip_range", clip_range), ("adv_clip_max", adv_clip_max),
+                           ("max_grad_norm", max_grad_norm)]:
+            if value <= 0:
+                raise ConfigError(f"method.{key} must be > 0, got {value}")
         if not 0 < timestep_fraction <= 1:
             raise ConfigError(f"method.timestep_fraction must be in (0, 1], got {timestep_fraction}")
         self.sample_batch_size, self.num_batches_per_round = sample_batch_size, num_batches_per_round

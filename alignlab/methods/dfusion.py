@@ -1,4 +1,4 @@
-"""D-Fusion (Hu et al., ICML 2025): visually consistent preference pairs (shared/specs/dfusion.md).
+"""D-Fusion (Hu et al., ICML 2025): visually consistent preference pairs (docs/dfusion.md).
 
 Per prompt, n samples are ranked; each of the top n/4 references is fused into two of the bottom n/2
 bases: the target denoises from the base's noise while its self-attention reads the reference's keys
@@ -31,7 +31,7 @@ class FusedPairs:
     """What both D-Fusion variants share: the fusion settings and building targets for a round."""
 
     def setup_fusion(self, samples_per_prompt: int, fuse_start: int, fuse_end: int | None,
-                     fuse_blocks, capture_downscale: int, default_threshold: float) -> None:
+                     fuse_blocks, capture_downscale: int | None, default_threshold: float) -> None:
         if samples_per_prompt % 4:
             raise ConfigError("D-Fusion needs method.samples_per_prompt to be a multiple of 4, "
                               f"got {samples_per_prompt}")
@@ -106,7 +106,7 @@ class DFusion(FusedPairs, DPO):
     """D-Fusion + DPO: winner = fused target, loser = its base."""
 
     def __init__(self, *args, fuse_start: int = 2, fuse_end: int | None = None, fuse_blocks=("mid", "up"),
-                 capture_downscale: int = 4, default_threshold: float = 0.015, **kwargs):
+                 capture_downscale: int | None = None, default_threshold: float = 0.015, **kwargs):
         super().__init__(*args, **kwargs)
         self.setup_fusion(self.samples_per_prompt, fuse_start, fuse_end, fuse_blocks, capture_downscale,
                           default_threshold)
@@ -122,7 +122,7 @@ class DFusionDDPO(FusedPairs, DDPO):
     A target's π_old is the unfused policy's log-prob of its steps (what training re-scores)."""
 
     def __init__(self, *args, prompts_per_round: int = 2, samples_per_prompt: int = 4, fuse_start: int = 2,
-                 fuse_end: int | None = None, fuse_blocks=("mid", "up"), capture_downscale: int = 4,
+                 fuse_end: int | None = None, fuse_blocks=("mid", "up"), capture_downscale: int | None = None,
                  default_threshold: float = 0.015, **kwargs):
         super().__init__(*args, **kwargs)
         self.prompts_per_round = prompts_per_round

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,3 +73,7 @@ def save_lora(model: DiffusionModel, directory: str | Path) -> None:
         str(directory), unet_lora_layers=layers, safe_serialization=True,
         unet_lora_adapter_metadata=config.to_dict(),
     )
+    umask = os.umask(0)
+    os.umask(umask)
+    for file in Path(directory).glob("*.safetensors"):  # diffusers writes through a private 0600 temporary file
+        file.chmod(0o666 & ~umask)

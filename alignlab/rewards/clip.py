@@ -139,3 +139,9 @@ class ClipScore(ChunkedReward):
         which alignlab.evaluate measures the diversity of a prompt's images."""
         self.load(images.device)
         return torch.cat([self._clip.encode_images(images[rows]) for rows in self.chunks(len(images))]).float()
+
+    @torch.no_grad()
+    def text_embeddings(self, prompts: list[str]) -> torch.Tensor:
+        """L2-normalised text embeddings (N, D) of prompts, in chunks of batch_size."""
+        self.load(torch.device("cpu"))
+        return torch.cat([self._clip.encode_texts(prompts[rows]) for rows in self.chunks(len(prompts))]).float()

@@ -1,4 +1,4 @@
-"""Callbacks that fill the run directory (shared/specs/architecture.md: the run-directory contract)."""
+"""Callbacks that fill the run directory (the run-directory contract, docs/design.md)."""
 
 from __future__ import annotations
 

@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     weights = train_t2i(out)
     if args.install:
         WEIGHTS.mkdir(exist_ok=True)
-        for file in (clip_file, weights / "unet.safetensors", weights / "text_encoder.safetensors"):
+        for file in (clip_file, *(weights / name for name in ("unet.safetensors", "text_encoder.safetensors",
+                                                               "unet.json"))):
             shutil.copy2(file, WEIGHTS / file.name)
         print(f"installed the world weights in {WEIGHTS}")
     if not args.skip_report:

@@ -2,8 +2,9 @@
 
 It is an ordinary open_clip model (config world-clip.json, registered with open_clip), so the CLIP
 rewards load it through exactly the code that loads ViT-H-14; only the name and checkpoint differ.
-Each caption comes with an attribute-swapped hard negative (colours exchanged between objects, the
-opposite relation, another count, colour or shape), so the score must read bindings, not word bags.
+Each caption comes with one hard negative per edit that applies to it (colours exchanged between objects,
+the opposite relation, another count, another colour, another shape), so the score must read bindings and
+relations, not word bags.
 """
 
 from __future__ import annotations
@@ -16,16 +17,15 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from alignlab.world.grammar import COLORS, COUNTS, SHAPES, Obj, Spec
+from alignlab.world.contrasts import other_count, reversed_relation, swapped_colours
+from alignlab.world.grammar import COLORS, SHAPES, Obj, Spec
 from alignlab.world.pretraining import LoopConfig, sample_specs, train_loop
 from alignlab.world.render import render_batch
 
 NAME = "world-clip"
 CONFIG = Path(__file__).parent / f"{NAME}.json"
 CHECKPOINT = Path(__file__).parent / "weights" / "world_clip.safetensors"
-CLIP = LoopConfig(steps=800, lr=1e-3, warmup=50, ema_decay=0.99, batch_size=64)
-OPPOSITE = {"to the left of": "to the right of", "to the right of": "to the left of",
-            "above": "below", "below": "above"}
+CLIP = LoopConfig(steps=2000, lr=1e-3, warmup=100, ema_decay=0.995, batch_size=64)
 
 
 def register() -> None:
@@ -41,25 +41,9 @@ def _other(options, current, rng: np.random.Generator):
     return choices[int(rng.integers(len(choices)))]
 
 
-def hard_negative(spec: Spec, rng: np.random.Generator) -> Spec:
-    """A grammatical spec that differs from `spec` in one binding, relation, count, colour or shape."""
+def _recoloured_or_reshaped(spec: Spec, edit: str, rng: np.random.Generator) -> Spec:
+    """`spec` with one object's colour (edit="color") or shape (edit="shape") changed to an unused one."""
     objects = list(spec.objects)
-    edits = ["shape"] + (["color"] if objects[0].color else [])
-    if spec.category == "counting":
-        edits.append("count")
-    if spec.category in ("colour_attr", "position"):
-        edits.append("swap_colors")
-    if spec.relation:
-        edits.append("relation")
-    edit = edits[int(rng.integers(len(edits)))]
-    if edit == "count":
-        count = _other(COUNTS.values(), len(objects), rng)
-        return replace(spec, objects=(objects[0],) * count)
-    if edit == "relation":
-        return replace(spec, relation=OPPOSITE[spec.relation])
-    if edit == "swap_colors":
-        a, b = objects
-        return replace(spec, objects=(Obj(a.shape, b.color), Obj(b.shape, a.color)))
     index = 0 if spec.category == "counting" else int(rng.integers(len(objects)))
     target = objects[index]
     if edit == "color":
@@ -70,6 +54,39 @@ def hard_negative(spec: Spec, rng: np.random.Generator) -> Spec:
         new = Obj(_other([s for s in SHAPES if s not in taken or s == target.shape], target.shape, rng), target.color)
     objects = [new] * len(objects) if spec.category == "counting" else objects[:index] + [new] + objects[index + 1:]
     return replace(spec, objects=tuple(objects))
+
+
+def _edits(spec: Spec) -> list[str]:
+    edits = ["shape"] + (["color"] if spec.objects[0].color else [])
+    if spec.category == "counting":
+        edits.append("count")
+    if spec.category in ("colour_attr", "position"):
+        edits.append("swap_colors")
+    if spec.relation:
+        edits.append("relation")
+    return edits
+
+
+def _edited(spec: Spec, edit: str, rng: np.random.Generator) -> Spec:
+    if edit == "count":
+        return other_count(spec)
+    if edit == "relation":
+        return reversed_relation(spec)
+    if edit == "swap_colors":
+        return swapped_colours(spec)
+    return _recoloured_or_reshaped(spec, edit, rng)
+
+
+def hard_negative(spec: Spec, rng: np.random.Generator) -> Spec:
+    """A grammatical spec that differs from `spec` in one binding, relation, count, colour or shape."""
+    edits = _edits(spec)
+    return _edited(spec, edits[int(rng.integers(len(edits)))], rng)
+
+
+def hard_negatives(spec: Spec, rng: np.random.Generator) -> list[Spec]:
+    """One negative per kind of edit that applies to `spec` (relation, colour swap, count, colour, shape):
+    every distinction the oracle checks is contrasted in every batch."""
+    return [_edited(spec, edit, rng) for edit in _edits(spec)]
 
 
 def degrade(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -100,7 +117,7 @@ def train_clip(out_dir: Path, config: LoopConfig = CLIP) -> Path:
     def loss_fn(rng, generator) -> torch.Tensor:
         specs = sample_specs(rng, config.batch_size)
         captions = [s.prompt for s in specs]
-        texts = captions + [hard_negative(s, rng).prompt for s in specs]
+        texts = captions + [n.prompt for s in specs for n in hard_negatives(s, rng)]
         images = degrade(render_batch(specs, rng), generator)
         image_emb = model.encode_image(clip.preprocess(images), normalize=True)
         text_emb = model.encode_text(clip.tokenizer(texts), normalize=True)

@@ -23,6 +23,7 @@ from alignlab.core.sampling import DDIMSampler  # noqa: E402
 from alignlab.eval.evaluate import evaluate_prompts  # noqa: E402
 from alignlab.training.artifacts import sample_grid  # noqa: E402
 from alignlab.world.clip import hard_negative  # noqa: E402
+from alignlab.world.contrasts import KINDS, clip_text_cosine, minimal_pairs, sequence_difference  # noqa: E402
 from alignlab.world.grammar import CATEGORIES, all_specs, evenly_spread, spec_of  # noqa: E402
 from alignlab.world.oracle import OracleReward  # noqa: E402
 from alignlab.world.render import render_batch  # noqa: E402
@@ -70,6 +71,20 @@ def evaluate_world(model, clip_reward, split: str = "test", per_category: int = 
     return results
 
 
+def encoder_separation(model, clip_reward) -> dict[str, dict[str, float]]:
+    """Per kind of minimal pair (contrasts.KINDS): the smallest relative difference of the text-to-image
+    encoder's sequences (the UNet's input) and the largest cosine of the world CLIP's text embeddings."""
+    out = {}
+    for kind in KINDS:
+        pairs = minimal_pairs(kind)
+        difference = sequence_difference(model.encode_prompts, pairs)
+        cosine = clip_text_cosine(clip_reward.text_embeddings, pairs)
+        out[kind] = {"pairs": len(pairs), "t2i_difference_min": float(difference.min()),
+                     "t2i_difference_mean": float(difference.mean()), "clip_cosine_max": float(cosine.max()),
+                     "clip_cosine_mean": float(cosine.mean())}
+    return out
+
+
 def plot_losses(build_dir: Path, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for ax, stage in zip(axes, ("t2i", "clip"), strict=True):
@@ -111,6 +126,13 @@ def write_report(model, clip_reward, out_dir: Path, build_dir: Path | None = Non
     numbers["retrieval_renders"] = caption_retrieval(clip_reward, renders, [s.prompt for s in picks])
     lines += ["", f"Caption retrieval among {NEGATIVES} attribute-swapped captions, 256 test-split renders: "
                   f"{numbers['retrieval_renders']:.3f}"]
+    numbers["separation"] = encoder_separation(model, clip_reward)
+    lines += ["", "Minimal pairs (prompts differing only in relation direction, colour binding or count):", "",
+              "| pairs differ in | pairs | text-to-image encoder: smallest / mean relative difference | "
+              "world CLIP text: largest / mean cosine |", "|---|---|---|---|"]
+    lines += [f"| {kind} | {row['pairs']} | {row['t2i_difference_min']:.3f} / {row['t2i_difference_mean']:.3f} | "
+              f"{row['clip_cosine_max']:.4f} / {row['clip_cosine_mean']:.4f} |"
+              for kind, row in numbers["separation"].items()]
     if build_dir is not None:
         plot_losses(build_dir, out_dir / "losses.png")
         lines += ["", "![losses](losses.png)"]

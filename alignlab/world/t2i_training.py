@@ -1,8 +1,10 @@
-"""Pre-training of the world text-to-image model: v-prediction on rendered scenes, text encoder trained jointly.
+"""Pre-training of the world text-to-image model: a text encoder that reads the scene, then the UNet.
 
-SD's text encoder comes pre-trained from CLIP; the world's is learned together with the UNet (then
-frozen, like SD's), which is the cheapest way to a text encoder that separates the world's words.
-Captions are dropped 10% of the time so classifier-free guidance works, as in SD.
+Like SD, the UNet learns on top of a pre-trained, frozen text encoder (text_training.py); its caption
+embeddings are computed once. v-prediction on rendered scenes, in two phases: first on clean captions,
+so the model can draw every composition (capacity), then on captions that are wrong at a controlled rate
+per category (CAPTION_NOISE), so it samples the wrong composition a known fraction of the time
+(misalignment). Captions are dropped 10% of the time so classifier-free guidance works, as in SD.
 """
 
 from __future__ import annotations
@@ -11,53 +13,52 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
-from alignlab.world.model import assemble, world_components
+from alignlab.world.contrasts import scene_for_caption
+from alignlab.world.grammar import all_specs
+from alignlab.world.model import assemble, save_weights, world_components
 from alignlab.world.pretraining import LoopConfig, sample_specs, train_loop
 from alignlab.world.render import render_batch
+from alignlab.world.text_training import TEXT, train_text_encoder
 
 CAPTION_DROPOUT = 0.1
-# Two phases: 1500 steps at lr 1e-3, then 600 from the first phase's EMA weights at lr 3e-4 (each with
-# warmup and cosine decay), so a finished phase stays valid when training is extended.
+# Probability that a pre-training caption of the category describes another scene (contrasts.EDITS).
+CAPTION_NOISE = {"two_objects": 0.5, "colour_attr": 0.5, "position": 0.5, "counting": 0.5}
+# (stage, loop settings, caption noise); the second phase starts from the first's EMA weights.
 T2I = (
-    ("t2i", LoopConfig(steps=1500, lr=1e-3, warmup=200, ema_decay=0.999, batch_size=64)),
-    ("t2i_refine", LoopConfig(steps=600, lr=3e-4, warmup=50, ema_decay=0.999, batch_size=64)),
+    ("t2i", LoopConfig(steps=1500, lr=1e-3, warmup=200, ema_decay=0.999, batch_size=64), {}),
+    ("t2i_noisy", LoopConfig(steps=600, lr=3e-4, warmup=50, ema_decay=0.999, batch_size=64), CAPTION_NOISE),
 )
 
 
-def train_t2i(out_dir: Path, phases: tuple[tuple[str, LoopConfig], ...] = T2I) -> Path:
+def train_t2i(out_dir: Path, phases=T2I, text: LoopConfig = TEXT) -> Path:
     """Train (or resume) and write the EMA weights as fp16 safetensors to out_dir/weights; returns that dir."""
-    config = phases[0][1]
-    unet, text_encoder = world_components(config.seed)
+    unet, text_encoder = world_components(phases[0][1].seed)
     model = assemble(unet, text_encoder)
-    text_encoder.requires_grad_(True)
-    tokens: dict[str, torch.Tensor] = {}
+    train_text_encoder(text_encoder, model.tokenizer, out_dir, text)
+    prompts = ["", *(s.prompt for s in all_specs())]
+    row = {prompt: i for i, prompt in enumerate(prompts)}
+    embeddings = torch.cat([model.encode_prompts(prompts[i:i + 256]) for i in range(0, len(prompts), 256)])
 
-    def token_ids(prompts: list[str]) -> torch.Tensor:
-        for prompt in set(prompts) - tokens.keys():
-            tokens[prompt] = model.tokenizer(prompt, padding="max_length", max_length=77, truncation=True,
-                                             return_tensors="pt").input_ids[0]
-        return torch.stack([tokens[p] for p in prompts])
+    def phase_loss(config: LoopConfig, caption_noise: dict[str, float]):
+        def loss_fn(rng, generator) -> torch.Tensor:
+            captions = sample_specs(rng, config.batch_size)
+            scenes = [scene_for_caption(spec, rng, caption_noise) for spec in captions]
+            images = render_batch(scenes, rng) * 2 - 1
+            latents = model.vae.encode(images).latent_dist.sample() * model.vae.config.scaling_factor
+            dropped = rng.random(len(captions)) < CAPTION_DROPOUT
+            rows = torch.tensor([0 if drop else row[s.prompt] for s, drop in zip(captions, dropped, strict=True)])
+            timesteps = torch.randint(0, model.scheduler.config.num_train_timesteps, (len(captions),),
+                                      generator=generator)
+            noise = torch.randn(latents.shape, generator=generator)
+            noisy = model.scheduler.add_noise(latents, noise, timesteps)
+            target = model.scheduler.get_velocity(latents, noise, timesteps)
+            return F.mse_loss(unet(noisy, timesteps, embeddings[rows]).sample, target)
 
-    def loss_fn(rng, generator) -> torch.Tensor:
-        specs = sample_specs(rng, config.batch_size)
-        images = render_batch(specs, rng) * 2 - 1
-        latents = model.vae.encode(images).latent_dist.sample() * model.vae.config.scaling_factor
-        prompts = ["" if drop else s.prompt for s, drop in zip(specs, rng.random(len(specs)) < CAPTION_DROPOUT,
-                                                                  strict=True)]
-        embeddings = text_encoder(token_ids(prompts))[0]
-        timesteps = torch.randint(0, model.scheduler.config.num_train_timesteps, (len(specs),), generator=generator)
-        noise = torch.randn(latents.shape, generator=generator)
-        noisy = model.scheduler.add_noise(latents, noise, timesteps)
-        target = model.scheduler.get_velocity(latents, noise, timesteps)
-        return F.mse_loss(unet(noisy, timesteps, embeddings).sample, target)
+        return loss_fn
 
-    for stage, config in phases:  # loss_fn reads `config`: the current phase
-        ema = train_loop(stage, {"unet": unet, "text_encoder": text_encoder}, loss_fn, config, out_dir)
-        ema.copy_to(list(unet.parameters()) + list(text_encoder.parameters()))
-    weights = out_dir / "weights"
-    weights.mkdir(parents=True, exist_ok=True)
-    for name, module in (("unet", unet), ("text_encoder", text_encoder)):
-        save_file({k: v.half().contiguous() for k, v in module.state_dict().items()}, weights / f"{name}.safetensors")
-    return weights
+    for stage, config, caption_noise in phases:
+        ema = train_loop(stage, {"unet": unet}, phase_loss(config, caption_noise), config, out_dir)
+        ema.copy_to(unet.parameters())
+    save_weights(out_dir / "weights", unet, text_encoder)
+    return out_dir / "weights"

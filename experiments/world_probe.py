@@ -1,0 +1,146 @@
+"""Cheap probes of a candidate world before a full rebuild (docs/world.md, "World v2"): how far apart the
+text encoders put the grammar's minimal pairs, how fast candidate UNets train, how well a (partly) trained
+model draws each category.
+
+    python experiments/world_probe.py separation [--weights DIR]          # the text encoders (gate 6)
+    python experiments/world_probe.py text --out DIR [--steps 400]        # pre-train a text encoder, then measure it
+    python experiments/world_probe.py speed                                # s per batch-64 step of candidate UNets
+    python experiments/world_probe.py clean --out DIR [--steps 1500]      # text encoder + clean-caption UNet phase
+    python experiments/world_probe.py accuracy --weights DIR [--split test] [--per-category 6] [--num-steps 10]
+
+`clean` resumes from DIR's checkpoints, so rerunning it with more --steps continues the same run (the cosine
+schedule is then the longer one's from the step it stopped at: not the same as a fresh longer run). It writes
+DIR/weights_clean_<steps>, which `accuracy` and alignlab's `model.weights=` read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+import alignlab  # noqa: F401  (before open_clip / diffusers)
+
+
+def separation(weights: str | None) -> None:
+    from alignlab.rewards.clip import ClipScore
+    from alignlab.world.clip import CHECKPOINT, NAME
+    from alignlab.world.contrasts import KINDS, clip_text_cosine, minimal_pairs, sequence_difference
+    from alignlab.world.model import build_world
+
+    model = build_world(weights)
+    clip_file = Path(weights) / CHECKPOINT.name if weights else CHECKPOINT
+    clip = ClipScore(NAME, str(clip_file)) if clip_file.is_file() else None
+    for kind in KINDS:
+        pairs = minimal_pairs(kind)
+        difference = sequence_difference(model.encode_prompts, pairs)
+        line = f"{kind:12s} {len(pairs):4d} pairs  text-to-image difference min {difference.min():.3f} " \
+               f"mean {difference.mean():.3f}"
+        if clip:
+            cosine = clip_text_cosine(clip.text_embeddings, pairs)
+            line += f"  | CLIP cosine max {cosine.max():.4f} mean {cosine.mean():.4f}"
+        print(line)
+
+
+def text(out: Path, steps: int) -> None:
+    from alignlab.world.contrasts import KINDS, minimal_pairs, sequence_difference
+    from alignlab.world.model import assemble, world_components
+    from alignlab.world.text_training import TEXT, train_text_encoder
+
+    unet, encoder = world_components()
+    model = assemble(unet, encoder)
+    start = time.perf_counter()
+    train_text_encoder(encoder, model.tokenizer, out, replace(TEXT, steps=steps))
+    print(f"{steps} steps in {time.perf_counter() - start:.0f} s")
+    for kind in KINDS:
+        difference = sequence_difference(model.encode_prompts, minimal_pairs(kind))
+        print(f"{kind:12s} text-to-image difference min {difference.min():.3f} mean {difference.mean():.3f}")
+
+
+def speed() -> None:
+    from diffusers import UNet2DConditionModel
+
+    from alignlab.world.model import UNET
+
+    attention = dict(down_block_types=("CrossAttnDownBlock2D",) * 3, up_block_types=("CrossAttnUpBlock2D",) * 3)
+    candidates = {
+        "world v1 (attention at 8x8, 4x4)": {**UNET, "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D",
+                                                                           "CrossAttnDownBlock2D"),
+                                             "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D",
+                                                                "UpBlock2D")},
+        "attention at 16x16 too (v2)": {**UNET, **attention},
+        "two levels (64, 128), attention at both": {**UNET, "block_out_channels": (64, 128),
+                                                    "down_block_types": ("CrossAttnDownBlock2D",) * 2,
+                                                    "up_block_types": ("CrossAttnUpBlock2D",) * 2},
+    }
+    torch.manual_seed(0)
+    latents, context = torch.randn(64, 12, 16, 16), torch.randn(64, 77, 64)
+    timesteps = torch.randint(0, 1000, (64,))
+    for name, config in candidates.items():
+        unet = UNet2DConditionModel(**config)
+        optimizer = torch.optim.AdamW(unet.parameters())
+        times = []
+        for _ in range(6):
+            start = time.perf_counter()
+            unet(latents, timesteps, context).sample.square().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            times.append(time.perf_counter() - start)
+        params = sum(p.numel() for p in unet.parameters()) / 1e6
+        print(f"{name:42s} {params:.2f} M parameters  {sorted(times)[2]:.2f} s per step (median of 6)")
+
+
+def clean(out: Path, steps: int) -> None:
+    from alignlab.world.t2i_training import T2I, train_t2i
+
+    stage, config, _ = T2I[0]
+    weights = train_t2i(out, ((stage, replace(config, steps=steps), {}),))
+    shutil.copytree(weights, out / f"weights_clean_{steps}", dirs_exist_ok=True)
+    print(f"wrote {out / f'weights_clean_{steps}'}")
+
+
+def accuracy(weights: str, split: str, per_category: int, samples: int, num_steps: int, eta: float) -> None:
+    from alignlab.core.sampling import DDIMSampler
+    from alignlab.eval.evaluate import evaluate_prompts
+    from alignlab.world.model import build_world
+    from alignlab.world.oracle import OracleReward
+    from alignlab.world.report import report_prompts
+
+    model = build_world(weights)
+    sampler = DDIMSampler(num_steps=num_steps, guidance_scale=3.0, eta=eta, progress=False)
+    for category, prompts in report_prompts(split, per_category).items():
+        scores = torch.tensor(evaluate_prompts(model, sampler, OracleReward(), prompts, samples, 64, 0)["rewards"])
+        print(f"{split} {category:14s} {len(scores):4d} images  strict accuracy {(scores == 1).float().mean():.3f}"
+              f"  oracle score {scores.mean():.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("probe", choices=["separation", "text", "speed", "clean", "accuracy"])
+    parser.add_argument("--weights", default=None, help="a world weights directory (default: the shipped one)")
+    parser.add_argument("--out", type=Path, default=Path("world_build"))
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--per-category", type=int, default=6)
+    parser.add_argument("--samples", type=int, default=8, help="images per prompt")
+    parser.add_argument("--num-steps", type=int, default=10, help="DDIM steps of the accuracy probe")
+    parser.add_argument("--eta", type=float, default=1.0, help="DDIM eta of the accuracy probe (> 0)")
+    args = parser.parse_args()
+    if args.probe == "separation":
+        separation(args.weights)
+    elif args.probe == "text":
+        text(args.out, args.steps or 400)
+    elif args.probe == "speed":
+        speed()
+    elif args.probe == "clean":
+        clean(args.out, args.steps or 1500)
+    else:
+        accuracy(args.weights, args.split, args.per_category, args.samples, args.num_steps, args.eta)
+
+
+if __name__ == "__main__":
+    main()
