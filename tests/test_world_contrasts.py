@@ -14,7 +14,7 @@ from alignlab.world.oracle import check
 from alignlab.world.render import render_batch
 from alignlab.world.text_training import COLOUR_LABELS, HEADS, RELATION_LABELS, SHAPE_LABELS, structure_labels
 
-STRUCTURE_STEPS = 150  # enough to pass with margin (docs/world.md: 400 steps give >= 62 %)
+STRUCTURE_STEPS = 150  # enough to pass with margin (docs/world.md: 400 steps give >= 58 %)
 
 
 def _differences(a, b):
