@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import torch
-
 import numpy as np
+import torch
 
 from alignlab.world.grammar import COUNTS, Obj, Spec, all_specs
 
