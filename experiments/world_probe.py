@@ -26,28 +26,27 @@ import torch
 import alignlab  # noqa: F401  (before open_clip / diffusers)
 
 
-def separation(weights: str | None) -> None:
-    from alignlab.rewards.clip import ClipScore
-    from alignlab.world.clip import CHECKPOINT, NAME
-    from alignlab.world.contrasts import KINDS, clip_text_cosine, minimal_pairs, sequence_difference
-    from alignlab.world.model import build_world
+def print_separation(model, clip=None) -> None:
+    from alignlab.world.report import encoder_separation
 
-    model = build_world(weights)
-    clip_file = Path(weights) / CHECKPOINT.name if weights else CHECKPOINT
-    clip = ClipScore(NAME, str(clip_file)) if clip_file.is_file() else None
-    for kind in KINDS:
-        pairs = minimal_pairs(kind)
-        difference = sequence_difference(model.encode_prompts, pairs)
-        line = f"{kind:12s} {len(pairs):4d} pairs  text-to-image difference min {difference.min():.3f} " \
-               f"mean {difference.mean():.3f}"
+    for kind, row in encoder_separation(model, clip).items():
+        line = f"{kind:12s} {row['pairs']:4d} pairs  text-to-image difference min {row['t2i_difference_min']:.3f} " \
+               f"mean {row['t2i_difference_mean']:.3f}"
         if clip:
-            cosine = clip_text_cosine(clip.text_embeddings, pairs)
-            line += f"  | CLIP cosine max {cosine.max():.4f} mean {cosine.mean():.4f}"
+            line += f"  | CLIP cosine max {row['clip_cosine_max']:.4f} mean {row['clip_cosine_mean']:.4f}"
         print(line)
 
 
+def separation(weights: str | None) -> None:
+    from alignlab.rewards.clip import ClipScore
+    from alignlab.world.clip import CHECKPOINT, NAME
+    from alignlab.world.model import build_world
+
+    clip_file = Path(weights) / CHECKPOINT.name if weights else CHECKPOINT
+    print_separation(build_world(weights), ClipScore(NAME, str(clip_file)) if clip_file.is_file() else None)
+
+
 def text(out: Path, steps: int) -> None:
-    from alignlab.world.contrasts import KINDS, minimal_pairs, sequence_difference
     from alignlab.world.model import assemble, world_components
     from alignlab.world.text_training import TEXT, train_text_encoder
 
@@ -56,9 +55,7 @@ def text(out: Path, steps: int) -> None:
     start = time.perf_counter()
     train_text_encoder(encoder, model.tokenizer, out, replace(TEXT, steps=steps))
     print(f"{steps} steps in {time.perf_counter() - start:.0f} s")
-    for kind in KINDS:
-        difference = sequence_difference(model.encode_prompts, minimal_pairs(kind))
-        print(f"{kind:12s} text-to-image difference min {difference.min():.3f} mean {difference.mean():.3f}")
+    print_separation(model)
 
 
 def speed() -> None:

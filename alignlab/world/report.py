@@ -71,17 +71,19 @@ def evaluate_world(model, clip_reward, split: str = "test", per_category: int = 
     return results
 
 
-def encoder_separation(model, clip_reward) -> dict[str, dict[str, float]]:
-    """Per kind of minimal pair (contrasts.KINDS): the smallest relative difference of the text-to-image
-    encoder's sequences (the UNet's input) and the largest cosine of the world CLIP's text embeddings."""
+def encoder_separation(model, clip_reward=None) -> dict[str, dict[str, float]]:
+    """Per kind of minimal pair (contrasts.KINDS): the smallest and mean relative difference of the
+    text-to-image encoder's sequences (the UNet's input) and, given a CLIP reward, the largest and mean cosine
+    of its text embeddings."""
     out = {}
     for kind in KINDS:
         pairs = minimal_pairs(kind)
         difference = sequence_difference(model.encode_prompts, pairs)
-        cosine = clip_text_cosine(clip_reward.text_embeddings, pairs)
         out[kind] = {"pairs": len(pairs), "t2i_difference_min": float(difference.min()),
-                     "t2i_difference_mean": float(difference.mean()), "clip_cosine_max": float(cosine.max()),
-                     "clip_cosine_mean": float(cosine.mean())}
+                     "t2i_difference_mean": float(difference.mean())}
+        if clip_reward is not None:
+            cosine = clip_text_cosine(clip_reward.text_embeddings, pairs)
+            out[kind] |= {"clip_cosine_max": float(cosine.max()), "clip_cosine_mean": float(cosine.mean())}
     return out
 
 
