@@ -128,3 +128,19 @@ def test_pretraining_the_text_encoder_on_structure_separates_every_minimal_pair(
     after = {kind: sequence_difference(model.encode_prompts, minimal_pairs(kind)).min() for kind in KINDS}
     assert before["relation"] < 0.2  # a random encoder does not separate them: the training does
     assert all(value >= 0.2 for value in after.values()), after
+
+
+def test_report_measures_the_shipped_encoders_separation():
+    """The report's minimal-pair table on the shipped (v1) weights: golden values, docs/world.md's v1 column
+    of gate 6 (change only with new weights). Without a CLIP only the text-to-image columns are there."""
+    from alignlab.rewards.clip import ClipScore
+    from alignlab.world.clip import CHECKPOINT, NAME
+    from alignlab.world.model import build_world
+    from alignlab.world.report import encoder_separation
+
+    model = build_world()
+    rows = encoder_separation(model, ClipScore(NAME, str(CHECKPOINT)))
+    assert {kind: row["pairs"] for kind, row in rows.items()} == {"relation": 360, "colour_swap": 450, "count": 18}
+    assert [round(rows[k]["t2i_difference_min"], 3) for k in KINDS] == [0.016, 0.211, 0.283]
+    assert [round(rows[k]["clip_cosine_max"], 3) for k in KINDS] == [1.0, 0.957, 0.974]
+    assert set(encoder_separation(model)["count"]) == {"pairs", "t2i_difference_min", "t2i_difference_mean"}
