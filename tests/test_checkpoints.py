@@ -14,6 +14,7 @@ from alignlab.errors import AlignlabError, ConfigError
 from alignlab.methods.ddpo import DDPO
 from alignlab.run import train
 from alignlab.training.artifacts import read_metrics
+from alignlab.training.run_directory import MARKER
 from tests.hydra_app import FAST, comparable, compose_config, run_inprocess, same_lora
 
 def test_last_k_kept_and_a_corrupt_newest_falls_back_to_an_older_round(tmp_path):
@@ -30,6 +31,8 @@ def test_last_k_kept_and_a_corrupt_newest_falls_back_to_an_older_round(tmp_path)
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.warns(UserWarning, match="last.ckpt is unreadable"):
         again = run_inprocess(resumed, "trainer.max_epochs=3", "logger=none", "checkpoint.keep=2")
+    assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == [  # rewritten in place, no -v1 copies
+        "last.ckpt", "round-0001.ckpt", "round-0002.ckpt"]
     assert comparable(again) == comparable(rows)  # round 2 replayed from round-0001.ckpt
     assert same_lora(straight, resumed)
 
@@ -37,7 +40,9 @@ def test_last_k_kept_and_a_corrupt_newest_falls_back_to_an_older_round(tmp_path)
 def test_no_readable_checkpoint_is_one_sentence(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
-    with pytest.warns(UserWarning), pytest.raises(AlignlabError, match="no readable checkpoint .* resume=false"):
+    (tmp_path / MARKER).touch()  # a run directory alignlab made
+    with pytest.warns(UserWarning), pytest.raises(AlignlabError, match="no readable checkpoint .* pick another "
+                                                                       "hydra.run.dir"):
         run_inprocess(tmp_path, "trainer.max_epochs=1", "logger=none")
 
 
@@ -67,7 +72,7 @@ def test_resuming_with_other_trainable_weights_is_one_sentence_and_writes_nothin
     run_inprocess(tmp_path, "trainer.max_epochs=1", "logger=none")
     files = files_in(tmp_path)
     with pytest.raises(ConfigError, match=f"last.ckpt holds other trainable weights than this config trains "
-                                          f"\\(\\d+ of \\d+ differ, e.g. .*{differing}.*resume=false"):
+                                          f"\\(\\d+ of \\d+ differ, e.g. .*{differing}.*another hydra.run.dir"):
         run_inprocess(tmp_path, "trainer.max_epochs=2", "logger=none", change)
     assert files_in(tmp_path) == files
 

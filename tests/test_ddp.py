@@ -55,8 +55,9 @@ def metrics(run_dir: Path) -> list[dict]:
 def test_two_ranks_equal_one_process_with_the_combined_batch(tmp_path):
     ddp_dir = tmp_path / "ddp"
     code, output = launch(*COMMON, *PER_RANK, f"hydra.run.dir={ddp_dir}", cwd=tmp_path)
-    assert code == 0 and "Starting with 2 processes" in output, output[-3000:]
+    assert code == 0 and "data parallel: 2 processes" in output, output[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]  # one run directory, no ${now} duplicates
+    assert output.count("run directory:") == 1 and output.count("done:") == 1  # printed by rank 0 only
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the ranks: the rollouts, hence the JPEG rewards, are then bit-identical

@@ -4,6 +4,7 @@ training) and `python -m alignlab.evaluate` on a run directory."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -150,3 +151,22 @@ def test_cli_on_world_prompts_adds_diversity_and_the_oracle_per_category(tmp_pat
     assert (tmp_path / "eval" / "base_test_grid.png").exists() and not (tmp_path / "eval" / "base.json").exists()
     gold = evaluate_main([*options, "rewards=[oracle]", "name=oracle", "--base"])  # no CLIP: no diversity
     assert "diversity" not in gold and gold["reward_mean"] == pytest.approx(saved["oracle_score"])
+
+
+def test_sample_captions_carry_reward_and_oracle_verdict_and_grids_keep_whole_captions():
+    from PIL import Image, ImageDraw
+
+    from alignlab.training.artifacts import FONT_SIZE, _font, _wrap, sample_captions, sample_grid
+    from alignlab.world.grammar import spec_of
+    from alignlab.world.render import render_batch
+
+    prompts = ["a red circle to the left of a blue square", "a green triangle above a yellow circle"]
+    images = render_batch([spec_of(prompts[0])] * 2, np.random.default_rng(0))  # the second is the wrong scene
+    assert sample_captions(images, prompts, [0.5, 0.25]) == [
+        f"{prompts[0]}\nreward 0.500\noracle ✓", f"{prompts[1]}\nreward 0.250\noracle ✗"]
+    assert sample_captions(images, ["a cat", "a dog"], [1.0, 2.0]) == ["a cat\nreward 1.000", "a dog\nreward 2.000"]
+    long = " ".join([prompts[0]] * 3)
+    lines = _wrap(long, 122, _font(FONT_SIZE), ImageDraw.Draw(Image.new("RGB", (1, 1))))
+    assert len(lines) >= 6 and " ".join(lines) == long  # every word kept, spaces too
+    grown = sample_grid(images[:1], [long]).height - sample_grid(images[:1], ["x"]).height
+    assert grown == (len(lines) - 1) * (FONT_SIZE + 3)  # the caption area holds every line

@@ -89,3 +89,17 @@ def test_train_returns_the_last_rounds_reward_for_sweepers(tmp_path):
     value = train(compose_config(tmp_path, [*FAST, "trainer.max_epochs=1", "logger=none"]))
     last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert value == last["reward_mean"]
+
+
+def test_the_console_shows_one_line_per_round_with_its_reward_and_where_the_run_went(tmp_path):
+    run_dir = tmp_path / "run"
+    shown = [arg for arg in FAST if arg != "trainer.enable_progress_bar=false"]
+    result = cli(*shown, "trainer.max_epochs=2", "logger=none", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    console = result.stdout + result.stderr
+    assert result.returncode == 0, console[-2000:]
+    assert f"run directory: {run_dir}" in console and f"done: {run_dir} holds metrics.jsonl" in console
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:  # each round's line carries that round's reward
+        assert f"round {row['round'] + 1}/2" in console and f"reward: {row['reward_mean']:.3f}" in console
+    for chatter in ("GPU available", "litlogger", "LeafSpec", "IterableDataset", "in eval mode", "v_num", "sampling:"):
+        assert chatter not in console

@@ -10,7 +10,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from alignlab.errors import ConfigError
 from alignlab.eval.evaluate import evaluate_prompts, select_prompts
-from alignlab.training.artifacts import sample_grid
+from alignlab.training.artifacts import sample_captions, sample_grid
 from alignlab.world.oracle import oracle_stats
 
 log = logging.getLogger("alignlab")
@@ -59,8 +59,9 @@ class EvalCallback(L.Callback):
         pl_module.stats["eval/reward_std"].append(result["reward_std"])
         for key, value in oracle_stats(result["images"], result["prompts"], prefix="eval/").items():
             pl_module.stats[key].append(value)
-        captions = [f"{p} | {r:.3g}" for p, r in zip(result["prompts"], result["rewards"], strict=True)]
-        grid = sample_grid(result["images"], captions, self.samples_per_prompt if self.samples_per_prompt > 1 else 4)
+        captions = sample_captions(result["images"], result["prompts"], result["rewards"])
+        grid = sample_grid(result["images"], captions, self.samples_per_prompt if self.samples_per_prompt > 1 else 4,
+                           title=f"evaluation on {used} prompts, after round {round_no}")
         (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
         grid.save(self.run_dir / "samples" / f"eval_round_{round_no:04d}.png")
         for logger in trainer.loggers:

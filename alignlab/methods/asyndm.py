@@ -141,7 +141,7 @@ class AsynDM(RLMethod):
             for variant in VARIANTS:
                 tiles.append(images[variant][i])
                 captions.append(f"{variant} {self.results[variant][i]:.3g}")
-            captions[-3] += f": {self.results['prompts'][i]}"  # rewards first: long captions are cut
+            captions[-3] += f": {self.results['prompts'][i]}"
         return sample_grid(torch.stack(tiles), captions, columns=len(VARIANTS))
 
     def timestep_grid(self, images: torch.Tensor):

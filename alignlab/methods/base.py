@@ -127,7 +127,7 @@ class RLMethod(L.LightningModule):
         parts, rewards, images, components = [], [], [], defaultdict(list)
         start = time.perf_counter()
         for first in tqdm(range(0, len(prompts), batch_size), desc=f"round {self.round_index} rollout",
-                          leave=False):
+                          leave=False, disable=not self.sampler.progress):
             chunk = prompts[first : first + batch_size]
             rows = generator[first : first + batch_size] if isinstance(generator, list) else generator
             traj = self.sample_batch(chunk, negative, rows)
@@ -227,7 +227,18 @@ class RLMethod(L.LightningModule):
         return round_loader(self)
 
     def configure_optimizers(self):
-        return self.optimizer_factory(trainable_parameters(self.model))
+        optimizer = self.optimizer_factory(trainable_parameters(self.model))
+        self.configured_hyperparameters = [{k: v for k, v in group.items() if k != "params"}
+                                           for group in optimizer.param_groups]
+        return optimizer
+
+    def on_train_start(self) -> None:
+        """This run's optimizer settings apply, also when it resumes a checkpoint trained with others: Lightning
+        restores the optimizer state with the old learning rate (and betas, weight decay) in it, while the
+        recorded config and the resume warning say the new ones apply."""
+        for optimizer in self.trainer.optimizers:
+            for group, configured in zip(optimizer.param_groups, self.configured_hyperparameters, strict=True):
+                group.update(configured)
 
     def finish_round(self) -> dict[str, float]:
         """The round's metrics row (means of everything recorded in `self.stats`); starts the next round."""

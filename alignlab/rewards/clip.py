@@ -6,7 +6,10 @@ The model is loaded on the first call, so composing and instantiating configs st
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -69,13 +72,15 @@ class OpenClip:
             raise weights_not_found(model_name, pretrained, pretrained_key)
         self.device = device
         try:
-            model = open_clip.create_model(model_name, pretrained=pretrained, device=device)
+            with quiet_info():
+                model = open_clip.create_model(model_name, pretrained=pretrained, device=device)
         except RuntimeError as error:  # open_clip wraps every download failure in a RuntimeError
             if not is_tag:
                 raise
             raise WeightsNotFoundError(
                 f"Could not download the {pretrained!r} weights of CLIP model {model_name} "
-                f"(offline?); pass {pretrained_key}=/path/to/checkpoint."
+                f"(offline?); pass {pretrained_key}=/path/to/checkpoint, or use a reward that needs no download: "
+                f"jpeg_compressibility, jpeg_incompressibility, oracle (world prompts), or clip on model=world."
             ) from error
 
         cfg = model.visual.preprocess_cfg
@@ -89,7 +94,8 @@ class OpenClip:
         self.interpolation = "bilinear" if cfg["interpolation"] == "bilinear" else "bicubic"
         self.mean = torch.tensor(cfg["mean"], device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(cfg["std"], device=device).view(1, 3, 1, 1)
-        self.tokenizer = open_clip.get_tokenizer(model_name)
+        with quiet_info():
+            self.tokenizer = open_clip.get_tokenizer(model_name)
         self.model = model.eval()
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
@@ -105,6 +111,17 @@ class OpenClip:
     def encode_texts(self, prompts: list[str]) -> torch.Tensor:
         """L2-normalised text embeddings."""
         return self.model.encode_text(self.tokenizer(prompts).to(self.device), normalize=True)
+
+
+@contextmanager
+def quiet_info() -> Iterator[None]:
+    """No INFO records while the block runs: open_clip logs each loading step on the root logger."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.INFO)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
 
 
 class ClipScore(ChunkedReward):

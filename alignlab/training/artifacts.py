@@ -10,39 +10,68 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+from matplotlib import font_manager  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 CELL = 128  # small images are upscaled (nearest) so a 32 px sample is visible
+FONT_SIZE, PAD = 11, 3
 
 
-def sample_grid(images: torch.Tensor, captions: list[str], columns: int = 4) -> Image.Image:
-    """Images (N, 3, H, W) in [0, 1] in a grid, each with its caption underneath."""
+def sample_grid(images: torch.Tensor, captions: list[str], columns: int = 4, title: str | None = None) -> Image.Image:
+    """Images (N, 3, H, W) in [0, 1] in a grid, each with its whole caption underneath (wrapped to the tile;
+    a newline in a caption starts a line), under an optional title: a figure for a paper draft."""
     n = len(images)
     columns = min(columns, n)
     rows = -(-n // columns)
     side = max(CELL, images.shape[-1])
-    caption_h = 28
-    grid = Image.new("RGB", (columns * side, rows * (side + caption_h)), "white")
+    font, title_font = _font(FONT_SIZE), _font(FONT_SIZE + 3)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    wrapped = [_wrap(caption, side - 2 * PAD, font, measure) for caption in captions]
+    line_h = FONT_SIZE + 3
+    caption_h = line_h * max(map(len, wrapped), default=0) + 2 * PAD
+    title_h = line_h + 2 * PAD + 3 if title else 0
+    grid = Image.new("RGB", (columns * side, title_h + rows * (side + caption_h)), "white")
     draw = ImageDraw.Draw(grid)
-    for i, (image, caption) in enumerate(zip(images, captions, strict=False)):
+    if title:
+        draw.text((PAD, PAD), title, fill="black", font=title_font)
+    for i, (image, lines) in enumerate(zip(images, wrapped, strict=False)):
         array = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
         tile = Image.fromarray(array).resize((side, side), Image.NEAREST)
-        x, y = (i % columns) * side, (i // columns) * (side + caption_h)
+        x, y = (i % columns) * side, title_h + (i // columns) * (side + caption_h)
         grid.paste(tile, (x, y))
-        for line_no, line in enumerate(_wrap(caption, side // 6)[:2]):
-            draw.text((x + 2, y + side + 2 + 12 * line_no), line, fill="black")
+        for line_no, line in enumerate(lines):
+            draw.text((x + PAD, y + side + PAD + line_h * line_no), line, fill="black", font=font)
     return grid
 
 
-def _wrap(text: str, width: int) -> list[str]:
-    lines, line = [], ""
-    for word in text.split():
-        if line and len(line) + 1 + len(word) > width:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}".strip()
-    return lines + [line] if line else lines
+def sample_captions(images: torch.Tensor, prompts: list[str], rewards) -> list[str]:
+    """Each sample's prompt, then its reward and, on world prompts, the oracle's verdict (✓ all constraints met)."""
+    from alignlab.world.oracle import world_scores
+
+    scored = world_scores(images, prompts)
+    verdicts = ["\noracle " + ("✓" if ok else "✗") for ok in scored[1].tolist()] if scored else [""] * len(prompts)
+    return [f"{p}\nreward {r:.3f}{v}" for p, r, v in zip(prompts, rewards, verdicts, strict=True)]
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    """DejaVu Sans, which matplotlib ships: spaces keep their width and non-ASCII text its glyphs."""
+    return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
+
+
+def _wrap(text: str, width: int, font, draw: ImageDraw.ImageDraw) -> list[str]:
+    """`text` broken into lines no wider than `width` pixels (a single longer word keeps its own line)."""
+    lines = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split():
+            candidate = f"{line} {word}".strip()
+            if line and draw.textlength(candidate, font=font) > width:
+                lines.append(line)
+                line = word
+            else:
+                line = candidate
+        lines.append(line)
+    return lines
 
 
 def read_metrics(path: Path) -> list[dict]:

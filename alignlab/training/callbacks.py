@@ -10,8 +10,9 @@ from lightning.pytorch.loggers import WandbLogger
 
 from alignlab.models import save_lora
 from alignlab.models.lora import has_lora
-from alignlab.training.artifacts import plot_curves, read_metrics, sample_grid
+from alignlab.training.artifacts import plot_curves, read_metrics, sample_captions, sample_grid
 from alignlab.training.atomic import replace_atomically
+from alignlab.training.console import show_round
 
 
 class RoundRecorder(L.Callback):
@@ -37,6 +38,7 @@ class RoundRecorder(L.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         row = pl_module.finish_round()
+        show_round(pl_module, row)
         round_no = row["round"]
         if not trainer.is_global_zero:
             return
@@ -55,9 +57,8 @@ class RoundRecorder(L.Callback):
         # the round's samples, plus any extra grids a method shows (D-Fusion's masks, say)
         grids = {"samples": showcase, **showcase.get("grids", {})}
         for name, shown in grids.items():
-            captions = shown.get("captions") or [
-                f"{p} | {r:.3g}" for p, r in zip(shown["prompts"], shown["rewards"], strict=True)]
-            grid = sample_grid(shown["images"], captions, shown.get("columns", 4))
+            captions = shown.get("captions") or sample_captions(shown["images"], shown["prompts"], shown["rewards"])
+            grid = sample_grid(shown["images"], captions, shown.get("columns", 4), title=f"{name}, round {round_no}")
             prefix = "round" if name == "samples" else f"{name}_round"
             grid.save(self.run_dir / "samples" / f"{prefix}_{round_no:04d}.png")
             for logger in trainer.loggers:

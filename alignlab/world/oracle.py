@@ -201,7 +201,7 @@ class OracleReward(ChunkedReward):
         return score_images(images, prompts)[0]
 
 
-def _world_scores(images: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
+def world_scores(images: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
     """score_images of a batch of world prompts; None when some prompt is not one (the oracle cannot judge it)."""
     if not prompts or not all(map(is_world_prompt, prompts)):
         return None
@@ -212,7 +212,7 @@ def _world_scores(images: torch.Tensor, prompts: list[str]) -> tuple[torch.Tenso
 def oracle_stats(images: torch.Tensor, prompts: list[str], prefix: str = "") -> dict[str, float]:
     """Mean oracle score and strict accuracy of a batch, the gold metric next to a run's proxy reward (every
     rollout: no per-category breakdown); empty when some prompt is not a world prompt."""
-    scored = _world_scores(images, prompts)
+    scored = world_scores(images, prompts)
     if scored is None:
         return {}
     scores, passed = scored
@@ -231,7 +231,7 @@ def by_category(prompts: list[str], values) -> dict[str, float]:
 def oracle_report(images: torch.Tensor, prompts: list[str]) -> dict:
     """oracle_stats and its per-category breakdown (`oracle_by_category`, with each category's image count)
     from one scoring of the images; empty when some prompt is not a world prompt."""
-    scored = _world_scores(images, prompts)
+    scored = world_scores(images, prompts)
     if scored is None:
         return {}
     scores, passed = scored
