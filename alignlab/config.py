@@ -46,6 +46,7 @@ class DDPOConfig:
     gradient_accumulation_steps: int = 1
     num_inner_epochs: int = 1
     timestep_fraction: float = 1.0
+    step_window: Optional[list[int]] = None  # [first, end): the DDIM steps trained (0: the noisiest); null: all
     clip_range: float = 1e-4
     adv_clip_max: float = 5.0
     max_grad_norm: float = 1.0

@@ -78,3 +78,17 @@ def test_one_update_moves_the_log_prob_with_the_advantage(fresh_tiny, embeds, ad
         after = sampler.step_log_prob(unet, sched, traj, step, neg)
     change = (after - traj.log_probs[:, 2]).item()
     assert change * advantage > 1e-6
+
+
+@pytest.mark.parametrize("window, fraction, trained", [(None, 1.0, 10), ([0, 4], 1.0, 4), ([2, 10], 0.5, 4)])
+def test_ddpo_trains_only_the_steps_of_its_window(tiny_model, window, fraction, trained):
+    from alignlab.methods.ddpo import DDPO
+    from alignlab.prompts import PromptSet
+    from alignlab.rewards import JpegCompressibility
+
+    method = DDPO(tiny_model, DDIMSampler(num_steps=10, progress=False), JpegCompressibility(), torch.optim.AdamW,
+                  PromptSet(["a cat"]), step_window=window, timestep_fraction=fraction, train_batch_size=4)
+    first, end = window or (0, 10)
+    steps = torch.cat([batch["steps"] for batch in method.micro_batches(8, torch.Generator().manual_seed(0))])
+    assert steps.shape == (8, trained) and steps.min() >= first and steps.max() < end
+    assert all(len(set(row.tolist())) == trained for row in steps)  # each sample's steps are distinct

@@ -28,6 +28,7 @@ class DDPO(RLMethod):
         gradient_accumulation_steps: int = 1,
         num_inner_epochs: int = 1,
         timestep_fraction: float = 1.0,
+        step_window: list[int] | None = None,
         clip_range: float = 1e-4,
         adv_clip_max: float = 5.0,
         max_grad_norm: float = 1.0,
@@ -51,6 +52,11 @@ class DDPO(RLMethod):
                 raise ConfigError(f"method.{key} must be > 0, got {value}")
         if not 0 < timestep_fraction <= 1:
             raise ConfigError(f"method.timestep_fraction must be in (0, 1], got {timestep_fraction}")
+        if step_window is not None and not (len(step_window) == 2 and 0 <= step_window[0] < step_window[1]
+                                            <= sampler.num_steps):
+            raise ConfigError(f"method.step_window must be [first, end] with 0 <= first < end <= sampler.num_steps "
+                              f"({sampler.num_steps}), got {list(step_window)}")
+        self.step_window = tuple(step_window) if step_window is not None else None
         self.sample_batch_size, self.num_batches_per_round = sample_batch_size, num_batches_per_round
         self.train_batch_size = train_batch_size
         self.num_inner_epochs, self.timestep_fraction = num_inner_epochs, timestep_fraction
@@ -65,8 +71,9 @@ class DDPO(RLMethod):
 
     @property
     def trained_interval(self) -> tuple[int, int]:
-        """Step indices [first, end) the update trains: all of them (B²-DiffuRL trains the branched tail)."""
-        return 0, self.sampler.num_steps
+        """Step indices [first, end) the update trains: `step_window`, else all of them (B²-DiffuRL trains the
+        branched tail)."""
+        return self.step_window or (0, self.sampler.num_steps)
 
     @property
     def train_timesteps(self) -> int:
