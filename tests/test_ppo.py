@@ -92,3 +92,17 @@ def test_ddpo_trains_only_the_steps_of_its_window(tiny_model, window, fraction, 
     steps = torch.cat([batch["steps"] for batch in method.micro_batches(8, torch.Generator().manual_seed(0))])
     assert steps.shape == (8, trained) and steps.min() >= first and steps.max() < end
     assert all(len(set(row.tolist())) == trained for row in steps)  # each sample's steps are distinct
+
+
+def test_a_rounds_row_totals_its_times_and_averages_the_rest(tiny_model):
+    from alignlab.methods.ddpo import DDPO
+    from alignlab.prompts import PromptSet
+    from alignlab.rewards import JpegCompressibility
+
+    method = DDPO(tiny_model, DDIMSampler(num_steps=4, progress=False), JpegCompressibility(), torch.optim.AdamW,
+                  PromptSet(["a cat"]))
+    for seconds, loss in [(1.5, 0.2), (2.0, 0.4), (0.5, 0.9)]:  # three micro-batches
+        method.stats["time_update"].append(seconds)
+        method.stats["loss"].append(loss)
+    assert method.finish_round() == {"round": 0, "time_update": 4.0, "loss": pytest.approx(0.5)}
+    assert method.finish_round() == {"round": 1}

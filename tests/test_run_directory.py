@@ -1,19 +1,23 @@
 """A run directory nobody can corrupt: a copied run resumes from its own newest checkpoint and prunes it,
 resume=false never overwrites a run, a folder alignlab did not make is never written into, a second process
-is locked out, a failed checkpoint write leaves the earlier ones intact, and a changed optimizer setting
+is locked out, a failed or killed checkpoint write leaves the earlier ones intact, and a changed optimizer setting
 really applies on resume."""
 
 from __future__ import annotations
 
 import errno
 import shutil
+import signal
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
 
 from alignlab.errors import AlignlabError
 from alignlab.training.artifacts import read_metrics
-from alignlab.training.checkpoints import AtomicCheckpointIO
+from alignlab.training.checkpoints import AtomicCheckpointIO, resume_checkpoint
 from alignlab.training.run_directory import RunLock
 from tests.hydra_app import cli, comparable, run_inprocess, same_lora
 from tests.test_checkpoints import files_in
@@ -79,6 +83,36 @@ def test_a_full_disk_during_a_checkpoint_write_leaves_the_earlier_checkpoint_who
                                             "earlier checkpoints are intact"):
         AtomicCheckpointIO().save_checkpoint({"round_index": 2}, path)
     assert path.read_bytes() == earlier and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+KILLED_MID_WRITE = textwrap.dedent("""
+    import os, signal, sys, torch
+    import alignlab
+    from alignlab.training.checkpoints import AtomicCheckpointIO
+
+    def killed(obj, file):  # half the bytes reach the disk, then the process dies
+        with open(file, "wb") as f:
+            f.write(b"half a checkpoint")
+            f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    torch.save = killed
+    AtomicCheckpointIO().save_checkpoint({"round_index": 2, "state_dict": {}}, sys.argv[1])
+""")
+
+
+def test_sigkill_during_a_checkpoint_write_leaves_the_earlier_checkpoint_to_resume_from(tmp_path):
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"round_index": 1, "state_dict": {"w": torch.zeros(2, 3)}}, path)
+    earlier = path.read_bytes()
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(path)], capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert path.read_bytes() == earlier  # the half-written bytes went to last.ckpt.tmp, which resume ignores
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "last.ckpt.tmp"]
+    resumable = resume_checkpoint(tmp_path)
+    assert (resumable.path, resumable.rounds, resumable.shapes) == (path, 1, {"w": (2, 3)})
+    AtomicCheckpointIO().save_checkpoint({"round_index": 2, "state_dict": {}}, path)  # the next write replaces both
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"] and resume_checkpoint(tmp_path).rounds == 2
 
 
 def test_a_learning_rate_changed_on_resume_is_the_one_that_trains(tmp_path):

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from alignlab.world.clip import hard_negatives
+from alignlab.world.clip import hard_negatives, text_margin_loss
 from alignlab.world.contrasts import (
-    EDITS, KINDS, minimal_pairs, scene_for_caption, sequence_difference,
+    EDITS, KINDS, OPPOSITE, minimal_pairs, scene_for_caption, sequence_difference,
 )
 from alignlab.world.grammar import all_specs, spec_of
 from alignlab.world.oracle import check
@@ -85,6 +85,32 @@ def test_hard_negatives_cover_every_edit_that_applies():
         frozenset({"relation"}), frozenset({"colour0", "colour1"})}
     counting = next(s for s in all_specs(["counting"]))
     assert any(len(n.objects) != len(counting.objects) for n in hard_negatives(counting, rng))
+
+
+def test_text_margin_loss_is_the_mean_hinge_on_each_pairs_cosine():
+    angle = torch.tensor([0.0, 0.3, 1.0])  # cosines 1.0, 0.955, 0.540 against the x axis
+    captions = torch.tensor([[1.0, 0.0]] * 3)
+    negatives = torch.stack([angle.cos(), angle.sin()], dim=1)
+    expected = ((1.0 - 0.9) + (float(torch.cos(torch.tensor(0.3))) - 0.9) + 0.0) / 3
+    assert text_margin_loss(captions, negatives, margin=0.9).item() == pytest.approx(expected)
+    assert text_margin_loss(captions, negatives, margin=1.0).item() == 0.0
+    negatives.requires_grad_(True)
+    text_margin_loss(captions, negatives, margin=0.9).backward()
+    assert negatives.grad[:, 0].tolist() == pytest.approx([1 / 3, 1 / 3, 0.0])  # only pairs above the margin
+
+
+def test_the_shape_forgiving_probe_fails_only_on_colour_count_or_relation():
+    from dataclasses import replace
+
+    from experiments.world_probe import shape_forgiven
+
+    spec = next(s for s in all_specs(["position"]) if {o.shape for o in s.objects} == {"circle", "square"})
+    as_circles = replace(spec, objects=tuple(replace(o, shape="circle") for o in spec.objects))
+    image = render_batch([as_circles], np.random.default_rng(0))[0]  # the right scene, squares drawn round
+    assert not check(spec, image).passed and shape_forgiven(spec, image)
+    wrong_way = render_batch([replace(as_circles, relation=OPPOSITE[spec.relation])], np.random.default_rng(0))[0]
+    assert not shape_forgiven(spec, wrong_way)
+    assert shape_forgiven(all_specs(["two_objects"])[0], image) is None  # no colours: shape is the whole prompt
 
 
 def test_structure_labels_name_the_scene():

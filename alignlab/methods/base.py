@@ -241,9 +241,11 @@ class RLMethod(L.LightningModule):
                 group.update(configured)
 
     def finish_round(self) -> dict[str, float]:
-        """The round's metrics row (means of everything recorded in `self.stats`); starts the next round."""
+        """The round's metrics row (the mean of everything recorded in `self.stats`, but the total of the
+        `time_*` seconds: a round's update time is the sum over its micro-batches); starts the next round."""
         row = {"round": self.round_index}
-        row.update({key: float(np.mean(values)) for key, values in self.stats.items() if values})
+        row.update({key: float(np.sum(values) if key.startswith("time_") else np.mean(values))
+                    for key, values in self.stats.items() if values})
         self.stats = defaultdict(list)
         self.round_index += 1
         return row

@@ -26,6 +26,9 @@ NAME = "world-clip"
 CONFIG = Path(__file__).parent / f"{NAME}.json"
 CHECKPOINT = Path(__file__).parent / "weights" / "world_clip.safetensors"
 CLIP = LoopConfig(steps=2000, lr=1e-3, warmup=100, ema_decay=0.995, batch_size=64)
+# Most a caption's and its hard negative's text embeddings may agree (cosine) before a penalty applies, and its
+# weight: contrastive learning alone leaves "left of" and "right of" at cosine 0.999 (docs/world.md).
+TEXT_MARGIN, TEXT_MARGIN_WEIGHT = 0.9, 10.0
 
 
 def register() -> None:
@@ -104,6 +107,13 @@ def soft_targets(rows: list[str], columns: list[str]) -> torch.Tensor:
     return match / match.sum(dim=1, keepdim=True)
 
 
+def text_margin_loss(captions: torch.Tensor, negatives: torch.Tensor, margin: float = TEXT_MARGIN) -> torch.Tensor:
+    """Mean hinge on the cosine of each caption's unit text embedding and its hard negative's (row by row):
+    the text tower must tell minimal pairs apart itself, not leave it to tiny differences a large logit
+    scale amplifies."""
+    return F.relu((captions * negatives).sum(dim=1) - margin).mean()
+
+
 def train_clip(out_dir: Path, config: LoopConfig = CLIP) -> Path:
     """Train (or resume) the world CLIP; writes its EMA weights to out_dir/weights/world_clip.safetensors."""
     from alignlab.rewards.clip import OpenClip
@@ -117,14 +127,17 @@ def train_clip(out_dir: Path, config: LoopConfig = CLIP) -> Path:
     def loss_fn(rng, generator) -> torch.Tensor:
         specs = sample_specs(rng, config.batch_size)
         captions = [s.prompt for s in specs]
-        texts = captions + [n.prompt for s in specs for n in hard_negatives(s, rng)]
+        negatives = [(i, n.prompt) for i, s in enumerate(specs) for n in hard_negatives(s, rng)]
+        texts = captions + [prompt for _, prompt in negatives]
         images = degrade(render_batch(specs, rng), generator)
         image_emb = model.encode_image(clip.preprocess(images), normalize=True)
         text_emb = model.encode_text(clip.tokenizer(texts), normalize=True)
         logits = model.logit_scale.exp() * image_emb @ text_emb.T
         image_to_text = -(soft_targets(captions, texts) * logits.log_softmax(dim=1)).sum(1).mean()
         text_to_image = -(soft_targets(captions, captions) * logits[:, : len(specs)].T.log_softmax(dim=1)).sum(1).mean()
-        return (image_to_text + text_to_image) / 2
+        owners = torch.tensor([i for i, _ in negatives])
+        margin = text_margin_loss(text_emb[owners], text_emb[len(specs):])
+        return (image_to_text + text_to_image) / 2 + TEXT_MARGIN_WEIGHT * margin
 
     ema = train_loop("clip", {"clip": model}, loss_fn, config, out_dir)
     ema.copy_to(model.parameters())

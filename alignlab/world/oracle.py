@@ -145,7 +145,11 @@ def _relation(spec: Spec, detections: list[Detection]) -> bool:
 def check(spec: Spec, image: torch.Tensor | np.ndarray) -> Verdict:
     """The spec's constraints on one image (formats as for `detect`): each object present (counting: n of
     it and nothing else), the relation on centroids, and exactly as many objects as the prompt names."""
-    detections = detect(image)
+    return judge(spec, detect(image))
+
+
+def judge(spec: Spec, detections: list[Detection]) -> Verdict:
+    """`check` on objects already detected (a probe may edit them first, e.g. to forgive shapes)."""
     constraints: dict[str, bool] = {}
     if spec.category == "counting":
         obj, n = spec.objects[0], len(spec.objects)
