@@ -74,8 +74,7 @@ def test_a_full_disk_during_a_checkpoint_write_leaves_the_earlier_checkpoint_who
     earlier = path.read_bytes()
 
     def full_disk(obj, file):
-        with open(file, "wb") as f:
-            f.write(b"half a checkpoint")
+        file.write(b"half a checkpoint")
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full_disk)
@@ -91,9 +90,8 @@ KILLED_MID_WRITE = textwrap.dedent("""
     from alignlab.training.checkpoints import AtomicCheckpointIO
 
     def killed(obj, file):  # half the bytes reach the disk, then the process dies
-        with open(file, "wb") as f:
-            f.write(b"half a checkpoint")
-            f.flush()
+        file.write(b"half a checkpoint")
+        file.flush()
         os.kill(os.getpid(), signal.SIGKILL)
 
     torch.save = killed

@@ -63,10 +63,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            replace_atomically(path, lambda tmp: torch.save(checkpoint, tmp))
+            replace_atomically(path, lambda tmp: _save(checkpoint, tmp))
         except OSError as error:
             raise AlignlabError(f"could not write {path} ({error.strerror or error}); the run's earlier checkpoints "
                                 f"are intact: make room and rerun the same command to resume") from error
+
+
+def _save(checkpoint: dict, path: Path) -> None:
+    """torch.save through a Python file: a full disk then raises OSError(ENOSPC), where torch's own writer
+    given a path raises an opaque RuntimeError ("unexpected pos ...")."""
+    with path.open("wb") as file:
+        torch.save(checkpoint, file)
 
 
 @dataclass(frozen=True)
