@@ -91,7 +91,7 @@ def speed() -> None:
         print(f"{name:42s} {params:.2f} M parameters  {sorted(times)[2]:.2f} s per step (median of 6)")
 
 
-LARGE_SIDES = {1: (10, 16), 2: (10, 14), 3: (8, 11)}  # render.SIDE_RANGE with larger two- and three-object scenes
+LARGE_SIDES = {2: (10, 14), 3: (8, 11)}  # render.SIDE_RANGE's two- and three-object sides, enlarged
 
 
 def clean(out: Path, steps: int, large_objects: bool = False) -> None:
@@ -99,7 +99,7 @@ def clean(out: Path, steps: int, large_objects: bool = False) -> None:
     from alignlab.world.t2i_training import T2I, train_t2i
 
     if large_objects:  # a probe of the renderer change, not the shipped renderer
-        render.SIDE_RANGE = LARGE_SIDES
+        render.SIDE_RANGE = {**render.SIDE_RANGE, **LARGE_SIDES}
     stage, config, _ = T2I[0]
     weights = train_t2i(out, ((stage, replace(config, steps=steps), {}),))
     shutil.copytree(weights, out / f"weights_clean_{steps}", dirs_exist_ok=True)
