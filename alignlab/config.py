@@ -81,8 +81,8 @@ class DFusionConfig(DPOConfig):
     _target_: str = "alignlab.methods.dfusion.dfusion"
     algo: str = "dpo"  # dpo | ddpo
     samples_per_prompt: int = 8
-    fuse_start: int = 2  # first fused step index (the paper leaves steps 0-1 unfused)
-    fuse_end: Optional[int] = None  # None: to the last step
+    # fuse step i when the steps left after it, num_steps - i - 1, lie in [low, high): the official inject_t
+    fuse_steps_left: list[int] = field(default_factory=lambda: [0, 18])
     fuse_blocks: list[str] = field(default_factory=lambda: ["mid", "up"])
     capture_downscale: Optional[int] = None  # masks from cross-attention at latent / N; None: nearest 16x16
     default_threshold: float = 0.015  # for items whose prompt set gives no threshold

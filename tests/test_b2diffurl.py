@@ -172,6 +172,40 @@ def test_round_keeps_best_and_worst_with_weighted_clipped_advantages(method_fact
     assert all(b["steps"].tolist() == [[3], [3]] for b in batches)
 
 
+def test_the_beta_weighted_advantage_reaches_the_loss_unclipped(method_factory):
+    """As the official trainer: z is clipped, then weighted by beta, and the PPO loss does not clip again
+    (DDPO's clips there): at ratio 1 the loss is -mean(clip(z) * beta), here with 1.5 * 2 = 3 > adv_clip_max."""
+    from alignlab.core.ppo import ppo_clip_loss
+
+    method = method_factory(reward=ScriptedReward([1.0, 2.0, 9.0, 4.0, 4.0, 4.0]), split_step_min=1,
+                            split_step_max=4, num_stages=2, num_branches=3, sample_batch_size=2,
+                            num_batches_per_round=1, beta1=2.0, beta2=0.5, adv_clip_max=1.5)
+    method.start_round()
+    advantages = method.buffer["advantages"]
+    zeros = torch.zeros(len(advantages))
+    loss = ppo_clip_loss(zeros, zeros, advantages, method.clip_range, method.advantage_limit).loss
+    assert loss.item() == pytest.approx(-advantages.mean().item()) and advantages.max().item() == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("accumulate,rounds,steps", [(4, [6, 6], [3, 5, 9, 11]), (2, [3, 4], [1, 2, 4, 6]),
+                                                     (1, [2], [0, 1])])
+def test_accumulation_windows_restart_every_round_and_a_partial_one_steps(accumulate, rounds, steps):
+    """Optimizer steps (as indices over all micro-batches of the rounds) fall every `accumulate` micro-batches
+    of a round and at its end; the next round's windows start afresh."""
+    from types import SimpleNamespace
+
+    from alignlab.methods.base import RLMethod
+
+    stepped, seen = [], [0]
+    for length in rounds:
+        method = SimpleNamespace(grad_accum=accumulate, idle_batches=0, round_length=lambda n=length: n,
+                                 optimizer_step=lambda: stepped.append(seen[0]))
+        for batch_idx in range(length):
+            RLMethod.after_micro_batch(method, batch_idx)
+            seen[0] += 1
+    assert stepped == steps
+
+
 def test_round_without_survivors_trains_nothing(method_factory):
     method = method_factory(reward=ScriptedReward([4.0] * 6), split_step_min=1, split_step_max=4,
                             num_branches=3, sample_batch_size=2, num_batches_per_round=1)
@@ -297,7 +331,7 @@ def test_template_1_gives_each_animal_one_activity_to_train_and_the_other_two_to
     from hydra.utils import instantiate
 
     prompts = instantiate(compose_config(tmp_path, ["prompts=b2_t1"]).prompts)
-    activities = {"washing the dishes", "riding a bike", "playing chess"}
+    activities = {"washing dishes", "riding a bike", "playing chess"}  # the official files' words
 
     def split(prompt):  # "a cat riding a bike" -> ("cat", "riding a bike")
         activity = next(a for a in activities if prompt.endswith(a))

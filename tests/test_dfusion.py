@@ -84,7 +84,7 @@ def test_samples_per_prompt_must_be_a_multiple_of_4(tmp_path):
 
 
 def test_dfusion_round_end_to_end(tmp_path):
-    cfg = compose_config(tmp_path, ["method=dfusion", "prompts=dfusion_t3", "trainer.max_epochs=1", "logger=none",
+    cfg = compose_config(tmp_path, ["method=dfusion", "prompts=asyn_animals", "trainer.max_epochs=1", "logger=none",
                                     "sampler.num_steps=4", "sampler.progress=false",
                                     "trainer.enable_progress_bar=false", "method.prompts_per_round=1",
                                     "method.samples_per_prompt=4", "method.num_inner_epochs=1",
@@ -95,7 +95,7 @@ def test_dfusion_round_end_to_end(tmp_path):
                 "mask_fraction"):
         assert key in row, key
     assert row["reward_reference"] >= row["reward_base"]
-    assert row["mask_fraction"] == 1.0  # dfusion_t3 items have no threshold: the default 0 masks everything
+    assert row["mask_fraction"] == 1.0  # asyn_animals' items have no threshold: the default 0 masks everything
     assert row["loss"] == pytest.approx(0.6931, abs=1e-3)  # first round: policy == reference
     assert (tmp_path / "samples" / "round_0000.png").is_file()
     assert (tmp_path / "samples" / "masks_round_0000.png").is_file()

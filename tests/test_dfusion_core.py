@@ -127,3 +127,21 @@ def test_grouped_pairs_offset_each_prompts_group():
     rewards = torch.tensor([0.1, 0.9, 0.5, 0.3, 0.2, 0.8])  # two prompts of 3 samples
     winners, losers = grouped_pairs(rewards, 3, best_worst_pairs)
     assert winners.tolist() == [1, 5] and losers.tolist() == [0, 4]
+
+
+@pytest.mark.parametrize("num_steps,expected", [(20, (2, 20)), (10, (0, 10)), (50, (32, 50)), (18, (0, 18))])
+def test_fused_steps_follow_the_official_inject_t_rule(num_steps, expected):
+    """Official D-Fusion fuses step i when 0 <= num_steps - i - 1 < 18 ("0-18"): steps 2-19 of 20."""
+    from alignlab.methods.dfusion import fused_steps
+
+    assert fused_steps([0, 18], num_steps) == expected
+    official = [i for i in range(num_steps) if 0 <= num_steps - i - 1 < 18]
+    assert list(range(*expected)) == official
+    assert fused_steps([3, 5], 20) == (15, 17)
+
+
+def test_fused_steps_reject_a_reversed_range():
+    from alignlab.methods.dfusion import fused_steps
+
+    with pytest.raises(ConfigError, match=r"method.fuse_steps_left must be \[low, high\]"):
+        fused_steps([5, 3], 20)

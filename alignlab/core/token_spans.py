@@ -19,28 +19,46 @@ from alignlab.errors import ConfigError
 
 @dataclass(frozen=True)
 class Item:
-    """A prompt-related word or phrase: AsynDM's curvature k, D-Fusion's absolute mask threshold."""
+    """A prompt-related word or phrase: AsynDM's curvature k, D-Fusion's absolute mask threshold.
+
+    `index` is the word's position among the prompt's words (runs of letters and digits, counted from 0),
+    as the papers' prompt files give it; it picks one occurrence of a repeated word. `one_token` reproduces
+    the official code's indexing: the single token at index + 1, right only when no earlier word is split.
+    """
 
     word: str
     k: float | None = None
     threshold: float | None = None
+    index: int | None = None
+    one_token: bool = False
 
 
-def find_word(prompt: str, word: str) -> tuple[int, int] | None:
-    """Character span of the first whole-word, case-insensitive occurrence of `word` in `prompt`."""
+def prompt_words(prompt: str) -> list[re.Match]:
+    """The prompt's words as the official prompt files count them: runs of letters and digits."""
+    return list(re.finditer(r"\w+", prompt))
+
+
+def find_word(prompt: str, word: str, index: int | None = None) -> tuple[int, int] | None:
+    """Character span of `word` in `prompt`: its first whole-word, case-insensitive occurrence, or, given
+    `index`, the index-th word when that is `word` (None when it is not)."""
+    if index is not None:
+        words = prompt_words(prompt)
+        found = words[index] if 0 <= index < len(words) else None
+        return found.span() if found and found.group().lower() == word.strip().lower() else None
     match = re.search(rf"(?<!\w){re.escape(word.strip())}(?!\w)", prompt, flags=re.IGNORECASE)
     return match.span() if match else None
 
 
-def token_span(tokenizer, prompt: str, word: str) -> range:
+def token_span(tokenizer, prompt: str, word: str, index: int | None = None) -> range:
     """Positions of `word`'s tokens in the encoded prompt (position 0 is the start token).
 
     CLIP's BPE works on pre-tokens that never cross a word boundary, so the tokens of the prompt up
     to the word's start and up to its end delimit exactly the tokens the word became.
     """
-    span = find_word(prompt, word)
+    span = find_word(prompt, word, index)
     if span is None:
-        raise ConfigError(f"item '{word}' does not occur as a word in the prompt '{prompt}'")
+        where = "" if index is None else f" at word index {index}"
+        raise ConfigError(f"item '{word}' does not occur as a word{where} in the prompt '{prompt}'")
 
     def count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False).input_ids)
@@ -74,7 +92,8 @@ class ItemBatch:
         for b, (prompt, row) in enumerate(zip(prompts, items, strict=False)):
             ends = []
             for i, item in enumerate(row):
-                span = token_span(tokenizer, prompt, item.word)
+                span = (range(item.index + 1, item.index + 2) if item.one_token
+                        else token_span(tokenizer, prompt, item.word, item.index))
                 weights[b, i, span.start : span.stop] = 1.0 / len(span)
                 k[b, i] = math.nan if item.k is None else item.k
                 threshold[b, i] = math.nan if item.threshold is None else item.threshold

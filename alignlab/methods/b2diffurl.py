@@ -116,6 +116,11 @@ class B2DiffuRL(DDPO):
         self.stats["kept_negative"].append(float((~is_best).sum()))
         return batches
 
+    @property
+    def advantage_limit(self) -> float:
+        """None in the loss: z was clipped before the beta weights, and the official trainer clips only there."""
+        return math.inf
+
     def keep_showcase(self, images: torch.Tensor, prompts: list[str], rewards: torch.Tensor) -> None:
         """Whole branch families, one grid row each, so siblings are seen side by side."""
         n = max(1, self.log_images // self.num_branches) * self.num_branches

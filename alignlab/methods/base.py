@@ -61,7 +61,6 @@ class RLMethod(L.LightningModule):
         self.showcase: dict = {}
         self.round_index = 0
         self.grad_accum, self.max_grad_norm = gradient_accumulation_steps, max_grad_norm
-        self.micro_step = 0
         self.first_row = 0  # global index of this rank's first sample row this round (share_of_round)
         self.idle_batches = 0  # this round's padding micro-batches (round_batches)
         if self.needs_reference:
@@ -197,9 +196,12 @@ class RLMethod(L.LightningModule):
         self.after_micro_batch(batch_idx)
 
     def after_micro_batch(self, batch_idx: int) -> None:
-        """Step the optimizer every `gradient_accumulation_steps` micro-batches and at the round's end."""
-        self.micro_step += 1
-        if self.micro_step % self.grad_accum == 0 or batch_idx == self.round_length() + self.idle_batches - 1:
+        """Step the optimizer every `gradient_accumulation_steps` micro-batches of the round and at its end.
+
+        Windows restart with every round, and a last, partial window still steps (its gradient summed over
+        fewer micro-batches), so every kept sample trains; B²-DiffuRL's official trainer drops a round's
+        leftover gradient instead."""
+        if (batch_idx + 1) % self.grad_accum == 0 or batch_idx == self.round_length() + self.idle_batches - 1:
             self.optimizer_step()
 
     def round_length(self) -> int:
@@ -254,8 +256,6 @@ class RLMethod(L.LightningModule):
         keep = {name for name, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint["round_index"] = self.round_index
-        checkpoint["micro_step"] = self.micro_step
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.round_index = checkpoint["round_index"]
-        self.micro_step = checkpoint["micro_step"]

@@ -130,6 +130,11 @@ class DDPO(RLMethod):
     def backward_passes_per_micro_batch(self) -> int:
         return self.train_timesteps
 
+    @property
+    def advantage_limit(self) -> float:
+        """The loss clips the advantages to +-adv_clip_max (ddpo-pytorch)."""
+        return self.adv_clip_max
+
     def train_micro_batch(self, batch: dict, batch_idx: int) -> None:
         start = time.perf_counter()
         traj = self.buffer["traj"].index(batch["rows"])
@@ -140,7 +145,7 @@ class DDPO(RLMethod):
                                                   self.buffer["negative"], self.train_guidance)
             rows = torch.arange(len(column), device=column.device)
             stats = ppo_clip_loss(log_prob, traj.log_probs[rows, column], advantages, self.clip_range,
-                                  self.adv_clip_max)
+                                  self.advantage_limit)
             self.manual_backward(stats.loss * scale)
             for key in ("loss", "approx_kl", "clipfrac"):
                 self.stats[key].append(getattr(stats, key).item())

@@ -27,22 +27,28 @@ from alignlab.methods.dpo import DPO
 FUSED_BLOCKS = {"mid": "mid_block", "up": "up_blocks", "down": "down_blocks"}
 
 
+def fused_steps(steps_left, num_steps: int) -> tuple[int, int]:
+    """The step indices [start, end) whose steps left after them, num_steps - i - 1, lie in [low, high): the
+    official `inject_t`, counted from the end, so "0-18" fuses steps 2-19 of 20 and every step of 10."""
+    if len(steps_left) != 2 or not 0 <= int(steps_left[0]) <= int(steps_left[1]):
+        raise ConfigError(f"method.fuse_steps_left must be [low, high] with 0 <= low <= high, got {list(steps_left)}")
+    low, high = int(steps_left[0]), int(steps_left[1])
+    return max(0, num_steps - high), max(0, num_steps - low)
+
+
 class FusedPairs:
     """What both D-Fusion variants share: the fusion settings and building targets for a round."""
 
-    def setup_fusion(self, samples_per_prompt: int, fuse_start: int, fuse_end: int | None,
-                     fuse_blocks, capture_downscale: int | None, default_threshold: float) -> None:
+    def setup_fusion(self, samples_per_prompt: int, fuse_steps_left, fuse_blocks, capture_downscale: int | None,
+                     default_threshold: float) -> None:
         if samples_per_prompt % 4:
             raise ConfigError("D-Fusion needs method.samples_per_prompt to be a multiple of 4, "
                               f"got {samples_per_prompt}")
         unknown = set(fuse_blocks) - set(FUSED_BLOCKS)
         if unknown:
             raise ConfigError(f"method.fuse_blocks: unknown block(s) {sorted(unknown)}; use {sorted(FUSED_BLOCKS)}")
-        end = self.sampler.num_steps if fuse_end is None else fuse_end
-        if not 0 <= fuse_start <= end <= self.sampler.num_steps:
-            raise ConfigError("method.fuse_start/fuse_end must satisfy 0 <= start <= end <= sampler.num_steps, "
-                              f"got {fuse_start}, {end}")
-        self.samples_per_prompt, self.fuse_steps = samples_per_prompt, (fuse_start, end)
+        self.samples_per_prompt, self.fuse_steps = samples_per_prompt, fused_steps(fuse_steps_left,
+                                                                                   self.sampler.num_steps)
         blocks = tuple(FUSED_BLOCKS[b] for b in fuse_blocks)
         self.fusion = KVFusion(self_attention_layers(self.model.unet, blocks))
         self.capture, self.capture_size = capture_layers(self.model.unet, self.model.latent_shape(1)[-2:],
@@ -105,10 +111,10 @@ class FusedPairs:
 class DFusion(FusedPairs, DPO):
     """D-Fusion + DPO: winner = fused target, loser = its base."""
 
-    def __init__(self, *args, fuse_start: int = 2, fuse_end: int | None = None, fuse_blocks=("mid", "up"),
+    def __init__(self, *args, fuse_steps_left=(0, 18), fuse_blocks=("mid", "up"),
                  capture_downscale: int | None = None, default_threshold: float = 0.015, **kwargs):
         super().__init__(*args, **kwargs)
-        self.setup_fusion(self.samples_per_prompt, fuse_start, fuse_end, fuse_blocks, capture_downscale,
+        self.setup_fusion(self.samples_per_prompt, fuse_steps_left, fuse_blocks, capture_downscale,
                           default_threshold)
 
     def make_pairs(self, prompts, traj, rewards, images):
@@ -121,13 +127,12 @@ class DFusionDDPO(FusedPairs, DDPO):
     """D-Fusion + DDPO: the fused targets join the round's samples; PPO-clip on per-prompt advantages.
     A target's π_old is the unfused policy's log-prob of its steps (what training re-scores)."""
 
-    def __init__(self, *args, prompts_per_round: int = 2, samples_per_prompt: int = 4, fuse_start: int = 2,
-                 fuse_end: int | None = None, fuse_blocks=("mid", "up"), capture_downscale: int | None = None,
+    def __init__(self, *args, prompts_per_round: int = 2, samples_per_prompt: int = 4, fuse_steps_left=(0, 18),
+                 fuse_blocks=("mid", "up"), capture_downscale: int | None = None,
                  default_threshold: float = 0.015, **kwargs):
         super().__init__(*args, **kwargs)
         self.prompts_per_round = prompts_per_round
-        self.setup_fusion(samples_per_prompt, fuse_start, fuse_end, fuse_blocks, capture_downscale,
-                          default_threshold)
+        self.setup_fusion(samples_per_prompt, fuse_steps_left, fuse_blocks, capture_downscale, default_threshold)
 
     def micro_batches_per_round(self) -> int:
         rows = self.prompts_per_round * self.samples_per_prompt * 3 // 2  # samples + one target per base

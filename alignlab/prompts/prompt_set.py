@@ -1,10 +1,15 @@
 """A prompt set: the train prompts a method samples from and the held-out test prompts.
 
 A prompt may carry its ITEMS, the words whose image regions AsynDM and D-Fusion mask, each with
-AsynDM's curvature k and D-Fusion's mask threshold (given per item or once for the prompt):
+AsynDM's curvature k and D-Fusion's mask threshold (given per item or once for the prompt) and, as the
+papers' prompt files give it, the word's index among the prompt's words:
     - a cat eating a sandwich                                      # no items
     - {prompt: a cat eating a sandwich, items: [cat, sandwich], k: 0.7}
-    - {prompt: a woolen hat, items: [{word: woolen, k: 0.5, threshold: 0.01}]}
+    - {prompt: a woolen hat, items: [{word: woolen, k: 0.5, threshold: 0.01, index: 1}]}
+
+An item's attention is read from the tokens its word became (`item_tokens: spans`, the default);
+`item_tokens: official` reads the one token at index + 1 as the official code does, which is another
+token when an earlier word is split by the tokenizer ("1960s", "cross-section").
 """
 
 from __future__ import annotations
@@ -20,9 +25,11 @@ from alignlab.core.token_spans import Item, find_word
 from alignlab.errors import ConfigError
 
 _ENTRY_KEYS = {"prompt", "items", "k", "threshold"}
+_ITEM_KEYS = {"word", "k", "threshold", "index"}
+ITEM_TOKENS = ("spans", "official")
 
 
-def _parse_entry(entry, name: str) -> tuple[str, list[Item]]:
+def _parse_entry(entry, name: str, one_token: bool = False) -> tuple[str, list[Item]]:
     """A prompt string, or a mapping with the prompt and its items -> (prompt, items)."""
     if not isinstance(entry, Mapping):
         return str(entry), []
@@ -33,10 +40,19 @@ def _parse_entry(entry, name: str) -> tuple[str, list[Item]]:
     prompt, items = str(entry.get("prompt") or ""), []
     for spec in entry.get("items") or []:
         spec = spec if isinstance(spec, Mapping) else {"word": spec}
-        item = Item(str(spec.get("word")), spec.get("k", entry.get("k")), spec.get("threshold", entry.get("threshold")))
-        if find_word(prompt, item.word) is None:
-            raise ConfigError(f"prompt set '{name}': item '{item.word}' does not occur as a word in the prompt "
-                              f"'{prompt}'")
+        unknown = set(spec) - _ITEM_KEYS
+        if unknown:
+            raise ConfigError(f"prompt set '{name}': unknown key(s) {sorted(unknown)} in an item of '{prompt}' "
+                              f"(allowed: {sorted(_ITEM_KEYS)})")
+        item = Item(str(spec.get("word")), spec.get("k", entry.get("k")), spec.get("threshold", entry.get("threshold")),
+                    spec.get("index"), one_token)
+        if find_word(prompt, item.word, item.index) is None:
+            where = "" if item.index is None else f" at word index {item.index}"
+            raise ConfigError(f"prompt set '{name}': item '{item.word}' does not occur as a word{where} in the "
+                              f"prompt '{prompt}'")
+        if one_token and item.index is None:
+            raise ConfigError(f"prompt set '{name}': item_tokens=official needs each item's word index, and item "
+                              f"'{item.word}' of '{prompt}' has none")
         if item.k is not None:
             try:
                 check_k(item.k)
@@ -47,11 +63,16 @@ def _parse_entry(entry, name: str) -> tuple[str, list[Item]]:
 
 
 class PromptSet:
-    def __init__(self, train: list, test: list | None = None, name: str = "prompts"):
+    def __init__(self, train: list, test: list | None = None, name: str = "prompts", item_tokens: str = "spans"):
         for split, entries in (("train", train), ("test", test)):
             if isinstance(entries, (str, Mapping)):
                 raise ConfigError(f"prompt set '{name}': {split} must be a list of prompts, got {entries!r}")
-        train, test = [_parse_entry(e, name) for e in train or []], [_parse_entry(e, name) for e in test or []]
+        if item_tokens not in ITEM_TOKENS:
+            raise ConfigError(f"prompt set '{name}': item_tokens must be one of {list(ITEM_TOKENS)}, "
+                              f"got {item_tokens!r}")
+        one_token = item_tokens == "official"
+        train = [_parse_entry(e, name, one_token) for e in train or []]
+        test = [_parse_entry(e, name, one_token) for e in test or []]
         self._items = {prompt: items for prompt, items in train + test if items}
         train, test = [prompt for prompt, _ in train], [prompt for prompt, _ in test]
         if not train:

@@ -168,5 +168,6 @@ def world_prompt_set(categories: list[str] | tuple[str, ...] = CATEGORIES, per_c
     for category in categories:
         for split, entries in splits.items():
             specs = evenly_spread([s for s in _specs(category) if s.split == split], per_category)
-            entries += [{"prompt": s.prompt, "items": [{**vars(i), **override} for i in s.items]} for s in specs]
+            entries += [{"prompt": s.prompt, "items": [{"word": i.word, "k": i.k, "threshold": i.threshold, **override}
+                                                     for i in s.items]} for s in specs]
     return PromptSet(splits["train"], splits["test"], name=name)
