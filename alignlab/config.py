@@ -141,6 +141,8 @@ class EvalConfig:
     max_prompts: int = 8  # the first n prompts of the split
     split: str = "test"  # test | train (an empty test split falls back to train)
     batch_size: int = 8
+    hacking_window: int = 3  # reward-hacking alarm over this many evaluations (0: off)
+    hacking_tolerance: float = 0.01  # the fall of the oracle score it needs
 
 
 @dataclass

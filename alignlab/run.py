@@ -131,8 +131,30 @@ def build(cfg: DictConfig, run_dir: Path):
     trainer = instantiate(cfg.trainer, default_root_dir=str(run_dir), logger=instantiate(cfg.logger),
                           callbacks=callbacks, plugins=[AtomicCheckpointIO()])
     check_precision(model, trainer.precision, configured=cfg.trainer.get("precision"))
+    log_settings(trainer, cfg)
     preload(parts["reward"], trainer.strategy.root_device)  # missing reward weights stop the run here
     return method, trainer
+
+
+def log_settings(trainer, cfg: DictConfig) -> None:
+    """The resolved config as flat keys in W&B, so runs can be filtered, grouped and compared by any setting."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    from alignlab.training.wandb_run import flat_config
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+            logger.log_hyperparams(flat_config(cfg))
+
+
+def finish_wandb(trainer) -> None:
+    """Close this run's W&B run, so that the next job of a sweep run in the same process gets its own (W&B
+    would hand it this one) and an offline run's file is complete when the job returns."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger.experiment.finish()
 
 
 def check_precision(model, precision: str, configured=None) -> None:
@@ -168,7 +190,10 @@ def train(cfg: DictConfig) -> float:
     if owner and trainer.world_size > 1:
         log.info("data parallel: %d processes", trainer.world_size)
     with RunLock(run_dir) if owner else nullcontext():
-        result = run_method(cfg, run_dir, method, trainer)
+        try:
+            result = run_method(cfg, run_dir, method, trainer)
+        finally:
+            finish_wandb(trainer)
     if owner:
         log.info("done: %s holds metrics.jsonl, plots/alignment.png, samples/ and the weights", run_dir)
     return result

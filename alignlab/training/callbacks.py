@@ -13,6 +13,7 @@ from alignlab.models.lora import has_lora
 from alignlab.training.artifacts import plot_curves, read_metrics, sample_captions, sample_grid
 from alignlab.training.atomic import replace_atomically
 from alignlab.training.console import show_round
+from alignlab.training.wandb_run import run_summary, sample_table
 
 
 class RoundRecorder(L.Callback):
@@ -42,6 +43,8 @@ class RoundRecorder(L.Callback):
         round_no = row["round"]
         if not trainer.is_global_zero:
             return
+        # the x axis a budget is measured in: images sampled so far, this round's included
+        row["images_sampled"] = sum(r.get("samples_per_round", 0.0) for r in [*read_metrics(self.metrics_path), row])
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         for logger in trainer.loggers:
@@ -64,6 +67,17 @@ class RoundRecorder(L.Callback):
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger):
                     logger.log_image(name, [grid], step=round_no, caption=[f"round {round_no}"])
+                    if name == "samples" and "prompts" in shown:
+                        table = sample_table(shown["images"], shown["prompts"], shown["rewards"], round_no)
+                        logger.experiment.log({"samples_table": table, "round": round_no})
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        """The run summary W&B shows in its runs table: final and best held-out metrics, images, time."""
+        if not trainer.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.summary.update(run_summary(read_metrics(self.metrics_path)))
 
 
 class ExportWeights(L.Callback):
