@@ -28,7 +28,9 @@ PROMPTS = [("a cat eating a sandwich", ["cat", "sandwich"]), ("a dog playing bas
 
 
 def run_case(name: str, batch: int, steps: int, repeats: int, latent: int) -> dict:
-    unet, scheduler, width, latent_shape = bench_model(name, latent)
+    model = bench_model(name, latent)
+    unet, scheduler, width = model.unet, model.scheduler, model.unet.config.cross_attention_dim
+    latent_shape = model.latent_shape(1)[1:]
     gen = torch.Generator().manual_seed(0)
     cond, neg = torch.randn(batch, 77, width, generator=gen), torch.randn(1, 77, width, generator=gen)
     shape = (batch, *latent_shape)

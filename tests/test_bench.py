@@ -73,3 +73,22 @@ def test_peak_memory_is_nan_where_the_kernel_cannot_reset_its_high_water_mark(mo
     monkeypatch.setattr(bench_memory, "_proc_status_kib", lambda field: (_ for _ in ()).throw(OSError(field)))
     assert math.isnan(peak_mib(lambda: calls.append(1))) and calls == [1]
     assert math.isnan(peaks({"rollout": lambda: calls.append(2)})["rollout"]) and calls == [1, 2, 2]
+
+
+def test_the_asyndm_benchmark_runs_from_its_entry_point(tmp_path):
+    """`make bench` runs each benchmark module's main(): the AsynDM one on the tiny model, one repeat."""
+    from alignlab.bench_asyndm import main
+
+    main(["--models", "tiny", "--batch", "2", "--steps", "2", "--repeats", "1", "--out", str(tmp_path / "a.json")])
+    (case,) = json.loads((tmp_path / "a.json").read_text())["cases"]
+    assert (case["model"], case["batch"], case["steps"]) == ("tiny", 2, 2)
+    assert all(case[key] > 0 for key in ("per_pixel_ratio", "asyndm_ratio", "update_ratio", "sync_rollout_s"))
+
+
+def test_the_reward_benchmark_runs_from_its_entry_point(tmp_path):
+    from alignlab.bench_rewards import main
+
+    main(["--rewards", "jpeg_compressibility,oracle", "--batches", "1", "--batch", "2", "--repeats", "1",
+          "--out", str(tmp_path / "r.json")])
+    cases = json.loads((tmp_path / "r.json").read_text())["cases"]
+    assert [c["reward"] for c in cases] == ["jpeg_compressibility", "oracle"]
