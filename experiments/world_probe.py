@@ -5,7 +5,7 @@ model draws each category.
     python experiments/world_probe.py separation [--weights DIR]          # the text encoders (gate 6)
     python experiments/world_probe.py text --out DIR [--steps 400]        # pre-train a text encoder, then measure it
     python experiments/world_probe.py speed                                # s per batch-64 step of candidate UNets
-    python experiments/world_probe.py clean --out DIR [--steps 1500] [--large-objects]  # text encoder + clean UNet
+    python experiments/world_probe.py clean --out DIR [--steps 1500]  # text encoder + clean UNet
     python experiments/world_probe.py accuracy --weights DIR [--split test] [--per-category 6] [--num-steps 10]
 
 `clean` resumes from DIR's checkpoints, so rerunning it with more --steps continues the same run (the cosine
@@ -91,15 +91,9 @@ def speed() -> None:
         print(f"{name:42s} {params:.2f} M parameters  {sorted(times)[2]:.2f} s per step (median of 6)")
 
 
-LARGE_SIDES = {2: (10, 14), 3: (8, 11)}  # render.SIDE_RANGE's two- and three-object sides, enlarged
-
-
-def clean(out: Path, steps: int, large_objects: bool = False) -> None:
-    from alignlab.world import render
+def clean(out: Path, steps: int) -> None:
     from alignlab.world.t2i_training import T2I, train_t2i
 
-    if large_objects:  # a probe of the renderer change, not the shipped renderer
-        render.SIDE_RANGE = {**render.SIDE_RANGE, **LARGE_SIDES}
     stage, config, _ = T2I[0]
     weights = train_t2i(out, ((stage, replace(config, steps=steps), {}),))
     shutil.copytree(weights, out / f"weights_clean_{steps}", dirs_exist_ok=True)
@@ -155,8 +149,6 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8, help="images per prompt")
     parser.add_argument("--num-steps", type=int, default=10, help="DDIM steps of the accuracy probe")
     parser.add_argument("--eta", type=float, default=1.0, help="DDIM eta of the accuracy probe (> 0)")
-    parser.add_argument("--large-objects", action="store_true",
-                        help=f"clean: render two and three objects with sides {LARGE_SIDES[2]} and {LARGE_SIDES[3]} px")
     args = parser.parse_args()
     if args.probe == "separation":
         separation(args.weights)
@@ -165,7 +157,7 @@ def main() -> None:
     elif args.probe == "speed":
         speed()
     elif args.probe == "clean":
-        clean(args.out, args.steps or 1500, args.large_objects)
+        clean(args.out, args.steps or 1500)
     else:
         accuracy(args.weights, args.split, args.per_category, args.samples, args.num_steps, args.eta)
 

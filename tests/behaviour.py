@@ -19,7 +19,8 @@ from tests.hydra_app import FAST, comparable, compose_config
 GOLDEN = Path(__file__).parent / "golden" / "behaviour.json"
 RUN = [*(o for o in FAST if not o.startswith("method.")), "trainer.max_epochs=2", "logger=none"]
 DDPO_SIZES = [o for o in FAST if o.startswith("method.")]
-DPO_SIZES = ["method.train_batch_size=2", "method.prompts_per_round=1", "method.samples_per_prompt=4", "method.num_inner_epochs=1"]
+DPO_SIZES = ["method.train_batch_size=2", "method.prompts_per_round=1", "method.samples_per_prompt=4",
+             "method.num_inner_epochs=1"]
 B2_SIZES = ["method.sample_batch_size=2", "method.num_branches=3", "method.split_step_min=1", "method.split_step_max=3",
             "method.num_stages=2", "method.log_images=6", "method.gradient_accumulation_steps=2"]
 # pairing -> overrides: every round builder with every objective today's code pairs it with

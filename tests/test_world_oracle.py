@@ -125,7 +125,7 @@ def test_objects_at_the_minimum_gap():
 
 def test_relation_at_the_minimum_offset():
     """A triangle's centroid sits below its box centre: at render.MIN_OFFSET between box centres the
-    centroids of a triangle above a circle are only 1.97 px apart, still above RELATION_MARGIN."""
+    centroids of a triangle above a circle are only 1.64 px apart, still above RELATION_MARGIN."""
     side, offset = render.SIDE_RANGE[2][1], render.MIN_OFFSET
     objects = [("red", "triangle", 0, 0, side), ("green", "circle", side + render.GAP, offset, side)]
     assert_passes("a red triangle above a green circle", draw(objects))

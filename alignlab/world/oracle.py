@@ -28,8 +28,8 @@ OTHER = "other"  # the colour of a component near no palette colour, the shape o
 # half the palette's least contrast with white (yellow: 242), so an object colour, or its half-mix, never is.
 MAX_TINT = 96.0
 MAX_RESIDUAL = 64.0  # RGB distance from a background-to-colour line still on it: 5 sigmas of noise 0.05
-MIN_AREA = 10  # smaller components are specks; the smallest legal object (triangle, side 7) has 25 px
-RELATION_MARGIN = 1.0  # pixels between centroids a relation needs; renders give >= 1.97 (see `_relation`)
+MIN_AREA = 10  # smaller components are specks; the smallest legal object (triangle, side 8) has 32 px
+RELATION_MARGIN = 1.0  # pixels between centroids a relation needs; renders give >= 1.64 (see `_relation`)
 # Shape thresholds, with the ranges measured on renders under each artefact above (3x3 box blur plus
 # noise, the harshest, in brackets): vertical skewness is <= -0.55 (-0.27) for triangles and within
 # +-0.1 for circles and squares; the diagonal/axis 4th-moment ratio is >= 1.31 (1.11) for squares and
@@ -131,7 +131,8 @@ def _relation(spec: Spec, detections: list[Detection]) -> bool:
     """Whether the largest A and the largest B sit in the relation, centroids at least RELATION_MARGIN apart.
 
     Renders put box centres >= render.MIN_OFFSET = 4 apart; an apex-up triangle's centroid sits up to
-    2.03 px (side 12) below its box centre, so render centroids are >= 1.97 px apart: 1 px leaves slack.
+    2.36 px (side 14, the largest of two objects) below its box centre, so render centroids are >= 1.64 px
+    apart: 1 px leaves slack.
     """
     axis, sign = RELATIONS[spec.relation]
     found = [max((d for d in detections if _matches(d, obj)), key=lambda d: d.area, default=None)

@@ -15,7 +15,9 @@ from alignlab.world.grammar import BACKGROUND, COLORS, RELATIONS, Spec
 SIZE = 32
 GAP = 2
 MIN_OFFSET = 4
-SIDE_RANGE = {1: (10, 16), 2: (8, 12), 3: (7, 10)}  # object side in pixels, by number of objects
+# Object side in pixels, by number of objects. Two and three objects were enlarged from 8-12 and 7-10 px in
+# world v2: a circle and a square then differ in more pixels, which doubled the colour binding a model learns.
+SIDE_RANGE = {1: (10, 16), 2: (10, 14), 3: (8, 11)}
 
 
 def shape_mask(shape: str, side: int) -> np.ndarray:
