@@ -158,13 +158,14 @@ def test_sample_captions_carry_reward_and_oracle_verdict_and_grids_keep_whole_ca
 
     from alignlab.training.artifacts import FONT_SIZE, _font, _wrap, sample_captions, sample_grid
     from alignlab.world.grammar import spec_of
+    from alignlab.world.oracle import world_scores
     from alignlab.world.render import render_batch
 
     prompts = ["a red circle to the left of a blue square", "a green triangle above a yellow circle"]
     images = render_batch([spec_of(prompts[0])] * 2, np.random.default_rng(0))  # the second is the wrong scene
-    assert sample_captions(images, prompts, [0.5, 0.25]) == [
+    assert sample_captions(prompts, [0.5, 0.25], world_scores(images, prompts)) == [
         f"{prompts[0]}\nreward 0.500\noracle ✓", f"{prompts[1]}\nreward 0.250\noracle ✗"]
-    assert sample_captions(images, ["a cat", "a dog"], [1.0, 2.0]) == ["a cat\nreward 1.000", "a dog\nreward 2.000"]
+    assert sample_captions(["a cat", "a dog"], [1.0, 2.0]) == ["a cat\nreward 1.000", "a dog\nreward 2.000"]
     long = " ".join([prompts[0]] * 3)
     lines = _wrap(long, 122, _font(FONT_SIZE), ImageDraw.Draw(Image.new("RGB", (1, 1))))
     assert len(lines) >= 6 and " ".join(lines) == long  # every word kept, spaces too

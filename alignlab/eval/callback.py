@@ -14,7 +14,7 @@ from alignlab.eval.evaluate import evaluate_prompts, select_prompts
 from alignlab.eval.hacking import reward_hacking
 from alignlab.training.artifacts import read_metrics, sample_captions, sample_grid
 from alignlab.training.wandb_run import sample_table
-from alignlab.world.oracle import oracle_stats
+from alignlab.world.oracle import oracle_stats, world_scores
 
 log = logging.getLogger("alignlab")
 
@@ -67,13 +67,14 @@ class EvalCallback(L.Callback):
                                   prompt_set=pl_module.prompts)
         pl_module.stats["eval/reward_mean"].append(result["reward_mean"])
         pl_module.stats["eval/reward_std"].append(result["reward_std"])
-        gold = oracle_stats(result["images"], result["prompts"], prefix="eval/")
+        scored = world_scores(result["images"], result["prompts"])  # judged once: stats, captions, table
+        gold = oracle_stats(scored, prefix="eval/")
         for key, value in gold.items():
             pl_module.stats[key].append(value)
         alarm = self.watch_for_hacking(result["reward_mean"], gold.get("eval/oracle_score"))
         if gold:
             pl_module.stats["eval/reward_hacking"].append(float(alarm is not None))
-        captions = sample_captions(result["images"], result["prompts"], result["rewards"])
+        captions = sample_captions(result["prompts"], result["rewards"], scored)
         grid = sample_grid(result["images"], captions, self.samples_per_prompt if self.samples_per_prompt > 1 else 4,
                            title=f"evaluation on {used} prompts, after round {round_no}")
         (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
@@ -81,7 +82,7 @@ class EvalCallback(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image("eval", [grid], step=round_no, caption=[f"eval round {round_no}"])
-                table = sample_table(result["images"], result["prompts"], result["rewards"], round_no)
+                table = sample_table(result["images"], result["prompts"], result["rewards"], round_no, scored)
                 logger.experiment.log({"eval_table": table, "round": round_no})
                 if alarm:
                     alert(logger, alarm)

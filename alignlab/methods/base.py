@@ -17,7 +17,7 @@ from alignlab.core.token_spans import ItemBatch
 from alignlab.errors import AlignlabError
 from alignlab.methods.rounds import round_loader
 from alignlab.models import require_reference, trainable_parameters
-from alignlab.world.oracle import oracle_stats
+from alignlab.world.oracle import oracle_stats, world_scores
 
 log = logging.getLogger("alignlab")
 
@@ -144,7 +144,8 @@ class RLMethod(L.LightningModule):
         for name, values in components.items():
             self.stats[f"reward/{name}"].append(torch.cat(values).mean().item())
         images = torch.cat(images)
-        for key, value in oracle_stats(images, prompts).items():  # world prompts: gold metric next to the proxy
+        # world prompts: the gold metric next to the proxy
+        for key, value in oracle_stats(world_scores(images, prompts)).items():
             self.stats[key].append(value)
         return Trajectory.cat(parts), torch.cat(rewards), images
 

@@ -14,6 +14,7 @@ from alignlab.training.artifacts import plot_curves, read_metrics, sample_captio
 from alignlab.training.atomic import replace_atomically
 from alignlab.training.console import show_round
 from alignlab.training.wandb_run import run_summary, sample_table
+from alignlab.world.oracle import world_scores
 
 
 class RoundRecorder(L.Callback):
@@ -60,7 +61,8 @@ class RoundRecorder(L.Callback):
         # the round's samples, plus any extra grids a method shows (D-Fusion's masks, say)
         grids = {"samples": showcase, **showcase.get("grids", {})}
         for name, shown in grids.items():
-            captions = shown.get("captions") or sample_captions(shown["images"], shown["prompts"], shown["rewards"])
+            scored = world_scores(shown["images"], shown["prompts"]) if "prompts" in shown else None
+            captions = shown.get("captions") or sample_captions(shown["prompts"], shown["rewards"], scored)
             grid = sample_grid(shown["images"], captions, shown.get("columns", 4), title=f"{name}, round {round_no}")
             prefix = "round" if name == "samples" else f"{name}_round"
             grid.save(self.run_dir / "samples" / f"{prefix}_{round_no:04d}.png")
@@ -68,7 +70,7 @@ class RoundRecorder(L.Callback):
                 if isinstance(logger, WandbLogger):
                     logger.log_image(name, [grid], step=round_no, caption=[f"round {round_no}"])
                     if name == "samples" and "prompts" in shown:
-                        table = sample_table(shown["images"], shown["prompts"], shown["rewards"], round_no)
+                        table = sample_table(shown["images"], shown["prompts"], shown["rewards"], round_no, scored)
                         logger.experiment.log({"samples_table": table, "round": round_no})
 
     def on_train_end(self, trainer, pl_module) -> None:

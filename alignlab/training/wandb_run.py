@@ -56,14 +56,11 @@ def run_identity(seed: int, hydra: DictConfig | None = None) -> dict:
             "tags": [f"{group}:{option}" for group, option in picked.items()]}
 
 
-def sample_table(images: torch.Tensor, prompts: list[str], rewards, round_no: int):
+def sample_table(images: torch.Tensor, prompts: list[str], rewards, round_no: int, scored=None):
     """A W&B Table, one row per sample: round, prompt, image, reward and, on world prompts, the oracle's score
-    and pass."""
+    and pass (their world_scores; None: not world prompts)."""
     import wandb
 
-    from alignlab.world.oracle import world_scores
-
-    scored = world_scores(images, prompts)
     columns = ["round", "prompt", "image", "reward", *(("oracle_score", "passed") if scored else ())]
     table = wandb.Table(columns=columns)
     pictures = (images.float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()

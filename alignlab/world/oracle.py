@@ -214,10 +214,9 @@ def world_scores(images: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor
     return scores, passed.float()
 
 
-def oracle_stats(images: torch.Tensor, prompts: list[str], prefix: str = "") -> dict[str, float]:
-    """Mean oracle score and strict accuracy of a batch, the gold metric next to a run's proxy reward (every
-    rollout: no per-category breakdown); empty when some prompt is not a world prompt."""
-    scored = world_scores(images, prompts)
+def oracle_stats(scored: tuple[torch.Tensor, torch.Tensor] | None, prefix: str = "") -> dict[str, float]:
+    """Mean oracle score and strict accuracy of a batch's world_scores, the gold metric next to a run's proxy
+    reward (every rollout: no per-category breakdown); empty when some prompt was not a world prompt."""
     if scored is None:
         return {}
     scores, passed = scored
