@@ -131,7 +131,6 @@ def build(cfg: DictConfig, run_dir: Path):
     trainer = instantiate(cfg.trainer, default_root_dir=str(run_dir), logger=instantiate(cfg.logger),
                           callbacks=callbacks, plugins=[AtomicCheckpointIO()])
     check_precision(model, trainer.precision, configured=cfg.trainer.get("precision"))
-    log_settings(trainer, cfg)
     preload(parts["reward"], trainer.strategy.root_device)  # missing reward weights stop the run here
     return method, trainer
 
@@ -191,6 +190,7 @@ def train(cfg: DictConfig) -> float:
         log.info("data parallel: %d processes", trainer.world_size)
     with RunLock(run_dir) if owner else nullcontext():
         try:
+            log_settings(trainer, cfg)  # starts the W&B run: only once the run is known to go ahead
             result = run_method(cfg, run_dir, method, trainer)
         finally:
             finish_wandb(trainer)

@@ -11,6 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file
 
 from alignlab.run import train
@@ -44,7 +45,13 @@ def fingerprint(run_dir: Path) -> dict[str, float]:
 
 
 def behaviour(name: str, work: Path) -> dict:
-    train(compose_config(work / name, [*RUN, *PAIRINGS[name]]))
+    """One pairing's rows and fingerprint, on one thread: float sums depend on how threads split them."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(compose_config(work / name, [*RUN, *PAIRINGS[name]]))
+    finally:
+        torch.set_num_threads(threads)
     rows = [json.loads(line) for line in (work / name / "metrics.jsonl").read_text().splitlines()]
     return {"rows": comparable(rows), "lora": fingerprint(work / name)}
 

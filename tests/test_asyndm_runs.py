@@ -85,7 +85,7 @@ def test_asyndm_paper_preset(tmp_path):
     assert cfg.method._target_.endswith("AsynDM") and cfg.reward._target_.endswith("ClipScore")
     entries = cfg.prompts.train
     assert len(entries) == 40 and all(len(e["items"]) == 2 for e in entries)
-    assert {e["k"] for e in entries} == {0.3, 0.5, 0.7}
+    assert {item["k"] for e in entries for item in e["items"]} == {0.3, 0.5, 0.7}  # the official per-item k
 
 
 def test_asyndm_on_world_prompts_judges_every_variant_with_the_oracle(tmp_path):
