@@ -49,6 +49,12 @@ def find_word(prompt: str, word: str, index: int | None = None) -> tuple[int, in
     return match.span() if match else None
 
 
+def not_found(prompt: str, word: str, index: int | None = None) -> str:
+    """The sentence for an item word that find_word does not find."""
+    where = "" if index is None else f" at word index {index}"
+    return f"item '{word}' does not occur as a word{where} in the prompt '{prompt}'"
+
+
 def token_span(tokenizer, prompt: str, word: str, index: int | None = None) -> range:
     """Positions of `word`'s tokens in the encoded prompt (position 0 is the start token).
 
@@ -57,8 +63,7 @@ def token_span(tokenizer, prompt: str, word: str, index: int | None = None) -> r
     """
     span = find_word(prompt, word, index)
     if span is None:
-        where = "" if index is None else f" at word index {index}"
-        raise ConfigError(f"item '{word}' does not occur as a word{where} in the prompt '{prompt}'")
+        raise ConfigError(not_found(prompt, word, index))
 
     def count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False).input_ids)

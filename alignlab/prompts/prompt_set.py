@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from alignlab.core.timestep_schedules import check_k
-from alignlab.core.token_spans import Item, find_word
+from alignlab.core.token_spans import Item, find_word, not_found
 from alignlab.errors import ConfigError
 
 _ENTRY_KEYS = {"prompt", "items", "k", "threshold"}
@@ -47,9 +47,7 @@ def _parse_entry(entry, name: str, one_token: bool = False) -> tuple[str, list[I
         item = Item(str(spec.get("word")), spec.get("k", entry.get("k")), spec.get("threshold", entry.get("threshold")),
                     spec.get("index"), one_token)
         if find_word(prompt, item.word, item.index) is None:
-            where = "" if item.index is None else f" at word index {item.index}"
-            raise ConfigError(f"prompt set '{name}': item '{item.word}' does not occur as a word{where} in the "
-                              f"prompt '{prompt}'")
+            raise ConfigError(f"prompt set '{name}': {not_found(prompt, item.word, item.index)}")
         if one_token and item.index is None:
             raise ConfigError(f"prompt set '{name}': item_tokens=official needs each item's word index, and item "
                               f"'{item.word}' of '{prompt}' has none")

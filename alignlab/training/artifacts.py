@@ -17,6 +17,11 @@ CELL = 128  # small images are upscaled (nearest) so a 32 px sample is visible
 FONT_SIZE, PAD = 11, 3
 
 
+def to_uint8(images: torch.Tensor):
+    """Images (N, 3, H, W) in [0, 1] as an (N, H, W, 3) uint8 array: what PIL and W&B take."""
+    return (images.float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
 def sample_grid(images: torch.Tensor, captions: list[str], columns: int = 4, title: str | None = None) -> Image.Image:
     """Images (N, 3, H, W) in [0, 1] in a grid, each with its whole caption underneath (wrapped to the tile;
     a newline in a caption starts a line), under an optional title: a figure for a paper draft."""
@@ -34,8 +39,7 @@ def sample_grid(images: torch.Tensor, captions: list[str], columns: int = 4, tit
     draw = ImageDraw.Draw(grid)
     if title:
         draw.text((PAD, PAD), title, fill="black", font=title_font)
-    for i, (image, lines) in enumerate(zip(images, wrapped, strict=False)):
-        array = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    for i, (array, lines) in enumerate(zip(to_uint8(images), wrapped, strict=False)):
         tile = Image.fromarray(array).resize((side, side), Image.NEAREST)
         x, y = (i % columns) * side, title_h + (i // columns) * (side + caption_h)
         grid.paste(tile, (x, y))

@@ -33,6 +33,7 @@ class RoundRecorder(L.Callback):
         if self.metrics_path.exists():
             text = "".join(json.dumps(r) + "\n" for r in rows)
             replace_atomically(self.metrics_path, lambda tmp: tmp.write_text(text))
+        self.images_sampled = sum(r.get("samples_per_round", 0.0) for r in rows)  # the budget's running total
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.experiment.define_metric("round")
@@ -45,7 +46,8 @@ class RoundRecorder(L.Callback):
         if not trainer.is_global_zero:
             return
         # the x axis a budget is measured in: images sampled so far, this round's included
-        row["images_sampled"] = sum(r.get("samples_per_round", 0.0) for r in [*read_metrics(self.metrics_path), row])
+        self.images_sampled += row.get("samples_per_round", 0.0)
+        row["images_sampled"] = self.images_sampled
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         for logger in trainer.loggers:

@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from alignlab.training.artifacts import to_uint8
+
 # config groups whose chosen option names the run (`method.name: ddpo`), in the order of its name
 NAMED_GROUPS = ("method", "reward", "model", "prompts", "sampler", "optimizer", "experiment")
 
@@ -63,7 +65,7 @@ def sample_table(images: torch.Tensor, prompts: list[str], rewards, round_no: in
 
     columns = ["round", "prompt", "image", "reward", *(("oracle_score", "passed") if scored else ())]
     table = wandb.Table(columns=columns)
-    pictures = (images.float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    pictures = to_uint8(images)
     for i, prompt in enumerate(prompts):
         row = [round_no, prompt, wandb.Image(pictures[i]), float(rewards[i])]
         if scored:
@@ -73,9 +75,10 @@ def sample_table(images: torch.Tensor, prompts: list[str], rewards, round_no: in
 
 
 def run_summary(rows: list[dict]) -> dict:
-    """Where the run ended: the last and the best held-out reward and gold metric, the images sampled and the
-    seconds its rounds took (every time_* of every row, so a resumed run counts each round once)."""
-    summary = {"images_sampled": float(sum(r.get("samples_per_round", 0.0) for r in rows)),
+    """Where the run ended: the last and the best held-out reward and gold metric, the images sampled (the last
+    row's running total) and the seconds its rounds took (every time_* of every row, so a resumed run counts
+    each round once)."""
+    summary = {"images_sampled": float(rows[-1].get("images_sampled", 0.0)) if rows else 0.0,
                "round_seconds": float(sum(v for r in rows for k, v in r.items() if k.startswith("time_")))}
     for key in ("eval/reward_mean", "eval/oracle_score", "eval/oracle_accuracy"):
         values = [r[key] for r in rows if key in r]
