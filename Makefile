@@ -24,15 +24,15 @@ study-smoke: ## every study experiment with a tiny budget (tests/test_study.py, 
 	$(PYTHON) -m pytest -q -m slow tests/test_study.py
 
 bench: ## speed and memory benchmarks (ratios measured side by side)
-	$(PYTHON) -m alignlab.bench
-	$(PYTHON) -m alignlab.bench_asyndm
-	$(PYTHON) -m alignlab.bench_rewards
+	$(PYTHON) -m alignlab.benchmarks.speed
+	$(PYTHON) -m alignlab.benchmarks.asyndm
+	$(PYTHON) -m alignlab.benchmarks.rewards
 
 bench-gpu: ## on a CUDA machine: SD 1.5 / 2.1-shaped UNets at 512 px, fp16 / bf16, checkpointing, torch.compile (docs/benchmarks.md)
-	$(PYTHON) -m alignlab.bench --models sd15,sd21 --latent 64 --device cuda --dtype float16 --skip-methods --repeats 5 --out bench/gpu_float16.json
-	$(PYTHON) -m alignlab.bench --models sd15,sd21 --latent 64 --device cuda --dtype bfloat16 --skip-methods --repeats 5 --out bench/gpu_bfloat16.json
-	$(PYTHON) -m alignlab.bench_sd --models sd15 --out bench/sd15.json
-	$(PYTHON) -m alignlab.bench_sd --models sd21 --out bench/sd21.json
+	$(PYTHON) -m alignlab.benchmarks.speed --models sd15,sd21 --latent 64 --device cuda --dtype float16 --skip-methods --repeats 5 --out bench/gpu_float16.json
+	$(PYTHON) -m alignlab.benchmarks.speed --models sd15,sd21 --latent 64 --device cuda --dtype bfloat16 --skip-methods --repeats 5 --out bench/gpu_bfloat16.json
+	$(PYTHON) -m alignlab.benchmarks.sd --models sd15 --out bench/sd15.json
+	$(PYTHON) -m alignlab.benchmarks.sd --models sd21 --out bench/sd21.json
 
 bench-peers: ## our samplers vs the official ddpo-pytorch, AsynDM and D-Fusion code cloned under PEERS=dir (experiments/peers)
 	$(PYTHON) experiments/peers/run_ddpo.py --checkout $(PEERS)/ddpo-pytorch

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 
 @dataclass
@@ -21,7 +21,7 @@ class FinetuneConfig:
 
 @dataclass
 class SamplerConfig:
-    _target_: str = "alignlab.core.sampling.DDIMSampler"
+    _target_: str = "alignlab.samplers.ddim.DDIMSampler"
     num_steps: int = 20
     guidance_scale: float = 5.0
     eta: float = 1.0
@@ -30,7 +30,7 @@ class SamplerConfig:
 
 @dataclass
 class AsynSamplerConfig(SamplerConfig):
-    _target_: str = "alignlab.core.asyn_sampling.AsynSampler"
+    _target_: str = "alignlab.samplers.asyn.AsynSampler"
     curve: str = "bin"  # bin | lin | exp: the concave schedule of item pixels
     mask_mode: str = "dynamic"  # dynamic (masks from the previous step) | static (from a DM pass first)
     mask_threshold: float = 1.0  # an item's pixels: attention >= threshold x the item's mean attention
@@ -47,6 +47,7 @@ class DDPOConfig:
     num_inner_epochs: int = 1
     timestep_fraction: float = 1.0
     step_window: Optional[list[int]] = None  # [first, end): the DDIM steps trained (0: the noisiest); null: all
+    early_share: Optional[float] = None  # or: train the first ceil(share x sampler.num_steps) steps only
     clip_range: float = 1e-4
     adv_clip_max: float = 5.0
     max_grad_norm: float = 1.0
@@ -169,16 +170,30 @@ class RootConfig:
 
 ROOT_KEYS = frozenset(RootConfig.__dataclass_fields__)
 
-WORLD_MODEL = "alignlab.world.build_world"
+# Config targets that moved, old -> new: a run directory recorded before a move still evaluates and resumes.
+MOVED_TARGETS = {
+    "alignlab.core.sampling.DDIMSampler": "alignlab.samplers.ddim.DDIMSampler",
+    "alignlab.core.asyn_sampling.AsynSampler": "alignlab.samplers.asyn.AsynSampler",
+}
+
+
+def upgrade_recorded(cfg):
+    """A recorded run config (.hydra/config.yaml) with moved targets renamed (MOVED_TARGETS), in place."""
+    for group in cfg.values():
+        if isinstance(group, DictConfig) and group.get("_target_") in MOVED_TARGETS:
+            group._target_ = MOVED_TARGETS[group._target_]
+    return cfg
+
+
+SD_CLIP = {"model_name": "ViT-H-14", "pretrained": "laion2b_s32b_b79k"}
 
 
 def default_clip(model_target: str, key: str) -> str:
-    """reward=clip's model: the world CLIP on the world model, OpenCLIP ViT-H-14 (LAION-2B) otherwise."""
-    if model_target == WORLD_MODEL:
-        from alignlab.world.clip import CHECKPOINT, NAME
+    """reward=clip's model follows the model: the `default_clip` its builder declares (the shapes world's:
+    the world CLIP), OpenCLIP ViT-H-14 (LAION-2B) for Stable Diffusion and any builder that declares none."""
+    from hydra.utils import get_object
 
-        return {"model_name": NAME, "pretrained": str(CHECKPOINT)}[key]
-    return {"model_name": "ViT-H-14", "pretrained": "laion2b_s32b_b79k"}[key]
+    return getattr(get_object(model_target), "default_clip", SD_CLIP)[key]
 
 
 OmegaConf.register_new_resolver("default_clip", default_clip, replace=True)

@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 import alignlab  # noqa: F401  (repairs the torchvision import before anything imports it)
+from alignlab.config import upgrade_recorded
 from alignlab.errors import ConfigError
 
 KEYS = {"run_dir", "split", "samples_per_prompt", "max_prompts", "batch_size", "seed", "rewards", "name"}
@@ -54,7 +55,7 @@ def load_run_config(run_dir: Path):
         raise ConfigError(f"run_dir: no such directory '{run_dir}'")
     if not path.is_file():
         raise ConfigError(f"run_dir: '{run_dir}' has no .hydra/config.yaml (not an alignlab run directory)")
-    return OmegaConf.load(path)
+    return upgrade_recorded(OmegaConf.load(path))
 
 
 def load_lora(model, directory: Path) -> None:
@@ -131,7 +132,6 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, samples_per_prom
     from alignlab.eval import evaluate_prompts, select_prompts
     from alignlab.rewards import preload
     from alignlab.training.artifacts import sample_grid
-    from alignlab.world.oracle import oracle_report
 
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
@@ -174,7 +174,7 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, samples_per_prom
         "reward_mean": first["reward_mean"], "reward_std": first["reward_std"], "per_prompt": first["per_prompt"],
         "rewards": {name: {k: v for k, v in r.items() if k in ("reward_mean", "reward_std", "per_prompt")}
                     for name, r in by_reward.items()},
-        **oracle_report(first["images"], first["prompts"]),  # world prompts: the gold metric too
+        **(prompt_set.judge.report(first["images"], first["prompts"]) if prompt_set.judge else {}),  # gold metric
         **diversity(scorers, first["images"], prompts, samples_per_prompt),
     }
     out = run_dir / "eval"

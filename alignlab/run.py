@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import alignlab  # noqa: F401  (repairs the torchvision import before anything imports it)
-from alignlab.config import ROOT_KEYS, register_schemas
+from alignlab.config import ROOT_KEYS, register_schemas, upgrade_recorded
 from alignlab.errors import AlignlabError, ConfigError
 from alignlab.training.console import quiet_libraries
 from alignlab.training.run_directory import RunLock, check_foreign, check_fresh_start
@@ -247,7 +247,7 @@ def changed_since_recorded(cfg: DictConfig, run_dir: Path) -> list[str]:
     path = run_dir / ".hydra" / "config.yaml"
     if not path.is_file():
         return []
-    recorded = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    recorded = OmegaConf.to_container(upgrade_recorded(OmegaConf.load(path)), resolve=False)
     current = OmegaConf.to_container(cfg, resolve=False)
     return [key for key in LEARNING_SETTINGS if recorded.get(key) != current.get(key)]
 

@@ -7,13 +7,15 @@ and without `--base`), and prints strict oracle accuracy before -> after per run
                                       [-- key=value ...]      # extra overrides for every run
 
 One process at a time (two torch processes on 2 cores slow each other 10-20x). Reruns skip finished runs and
-evaluations, so an interrupted measurement continues.
+evaluations, so an interrupted measurement continues; the pre-trained weights are evaluated once per seed and
+split (<out>/base-<reward>-seed<s>-<split>.json), as every method starts from them on the same noise.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -38,9 +40,15 @@ def measure(run_dir: Path, method: str, reward: str, seed: int, extra: list[str]
         for base in (False, True):
             name = f"x32_{split}" + ("_base" if base else "")
             path = run_dir / "eval" / f"{name}.json"
+            shared = run_dir.parent / f"base-{reward}-seed{seed}-{split}.json"  # the same for every method
+            if not path.is_file() and base and shared.is_file():
+                path.parent.mkdir(exist_ok=True)
+                shutil.copy(shared, path)
             if not path.is_file():
                 call(["alignlab.evaluate", f"run_dir={run_dir}", f"split={split}", "samples_per_prompt=32",
                       "batch_size=64", f"name={name}", *(["--base"] if base else [])])
+            if base and not shared.is_file():
+                shutil.copy(path, shared)
             result[name] = json.loads(path.read_text())["oracle_accuracy"]
     return result
 

@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from alignlab.core.asyn_sampling import VARIANTS  # noqa: E402
+from alignlab.samplers.asyn import VARIANTS  # noqa: E402
 from alignlab.report import across_seeds, mean_std_cell, plot_mean_std, save_panels  # noqa: E402
 from alignlab.world.grammar import CATEGORIES  # noqa: E402
 from alignlab.world.oracle import by_category  # noqa: E402

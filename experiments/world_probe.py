@@ -102,7 +102,7 @@ def clean(out: Path, steps: int) -> None:
 
 def accuracy(weights: str, split: str, per_category: int, samples: int, num_steps: int, eta: float) -> None:
     """Strict oracle accuracy per category and, for prompts with colours, with shapes forgiven."""
-    from alignlab.core.sampling import DDIMSampler
+    from alignlab.samplers.ddim import DDIMSampler
     from alignlab.eval.evaluate import evaluate_prompts
     from alignlab.world.grammar import spec_of
     from alignlab.world.model import build_world

@@ -7,11 +7,11 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from alignlab.core.asyn_sampling import AsynSampler
+from alignlab.samplers.asyn import AsynSampler
 from alignlab.core.attention import AttentionStore, CaptureProcessor, attention_processors, capture_layers
 from alignlab.core.masks import absolute_masks, item_attention, largest_k, relative_masks, upsample_nearest
 from alignlab.core.per_pixel_unet import PerPixelUNet
-from alignlab.core.sampling import DDIMSampler
+from alignlab.samplers.ddim import DDIMSampler
 from alignlab.core.timestep_schedules import CURVES, Grid, bin_curve, check_decreasing, linear, next_state
 from alignlab.core.token_spans import Item, ItemBatch, token_span
 from alignlab.errors import ConfigError

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from alignlab.core.branching import branch_sample
-from alignlab.core.sampling import DDIMSampler
+from alignlab.samplers.ddim import DDIMSampler
 from alignlab.core.stages import StageZScores, select_siblings, split_step
 from alignlab.errors import ConfigError
 from alignlab.methods.b2diffurl import B2DiffuRL
@@ -346,7 +346,7 @@ def test_template_1_gives_each_animal_one_activity_to_train_and_the_other_two_to
 def test_branches_with_the_asynchronous_sampler(tiny_model):
     """sampler=asyn: the per-pixel timestep state is copied into the branches with the latents, so
     siblings share the prefix (latents and timestep maps) and every stored step re-scores exactly."""
-    from alignlab.core.asyn_sampling import AsynSampler
+    from alignlab.samplers.asyn import AsynSampler
     from alignlab.core.token_spans import Item, ItemBatch
 
     prompts = ["a red circle", "a blue square"]

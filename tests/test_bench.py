@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from alignlab.bench import bench_model, case_functions, sd_shaped, write_results
-from alignlab import bench_memory
-from alignlab.bench_memory import peak_mib, peaks
+from alignlab.benchmarks.speed import bench_model, case_functions, sd_shaped, write_results
+from alignlab.benchmarks import memory as bench_memory
+from alignlab.benchmarks.memory import peak_mib, peaks
 from alignlab.models import build_tiny
 from alignlab.world import build_world
 
@@ -77,7 +77,7 @@ def test_peak_memory_is_nan_where_the_kernel_cannot_reset_its_high_water_mark(mo
 
 def test_the_asyndm_benchmark_runs_from_its_entry_point(tmp_path):
     """`make bench` runs each benchmark module's main(): the AsynDM one on the tiny model, one repeat."""
-    from alignlab.bench_asyndm import main
+    from alignlab.benchmarks.asyndm import main
 
     main(["--models", "tiny", "--batch", "2", "--steps", "2", "--repeats", "1", "--out", str(tmp_path / "a.json")])
     (case,) = json.loads((tmp_path / "a.json").read_text())["cases"]
@@ -86,7 +86,7 @@ def test_the_asyndm_benchmark_runs_from_its_entry_point(tmp_path):
 
 
 def test_the_reward_benchmark_runs_from_its_entry_point(tmp_path):
-    from alignlab.bench_rewards import main
+    from alignlab.benchmarks.rewards import main
 
     main(["--rewards", "jpeg_compressibility,oracle", "--batches", "1", "--batch", "2", "--repeats", "1",
           "--out", str(tmp_path / "r.json")])

@@ -7,7 +7,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from alignlab.core.ddim import ddim_step
-from alignlab.core.sampling import DDIMSampler
+from alignlab.samplers.ddim import DDIMSampler
 from alignlab.models.tiny import sd_scheduler
 
 

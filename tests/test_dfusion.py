@@ -7,7 +7,7 @@ import torch
 
 from alignlab.core.attention import capture_layers
 from alignlab.core.fusion import KVFusion, fused_targets, self_attention_layers
-from alignlab.core.sampling import DDIMSampler
+from alignlab.samplers.ddim import DDIMSampler
 from alignlab.core.token_spans import Item, ItemBatch
 from alignlab.errors import ConfigError
 from alignlab.run import train

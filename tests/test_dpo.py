@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from alignlab.core.dpo import trajectory_dpo_loss
-from alignlab.core.sampling import DDIMSampler
+from alignlab.samplers.ddim import DDIMSampler
 from alignlab.models import add_lora, frozen_reference, trainable_parameters
 from alignlab.run import train
 from tests.hydra_app import compose_config

@@ -2,13 +2,14 @@
 training) and `python -m alignlab.evaluate` on a run directory."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from alignlab.core.sampling import DDIMSampler
+from alignlab.samplers.ddim import DDIMSampler
 from alignlab.eval import evaluate_prompts
 from alignlab.eval.callback import eval_due
 from alignlab.eval.evaluate import pairwise_diversity
@@ -91,6 +92,20 @@ def test_cli_reproduces_the_last_rounds_eval_and_base_differs(runs, capsys):
     base = evaluate_main([f"run_dir={run_dir}", "max_prompts=2", "samples_per_prompt=1", "--base"])
     assert json.loads((run_dir / "eval" / "base.json").read_text())["weights"] == "base"
     assert base["reward_mean"] != saved["reward_mean"]  # the trained LoRA is not zero
+
+
+def test_a_run_recorded_before_the_samplers_moved_still_evaluates(runs, tmp_path):
+    """Runs recorded with alignlab.core.sampling.DDIMSampler (before alignlab/samplers/) evaluate the same."""
+    run_dir, _ = runs
+    old = tmp_path / "old_run"
+    shutil.copytree(run_dir, old)
+    config = old / ".hydra" / "config.yaml"
+    text = config.read_text()
+    assert "alignlab.samplers.ddim.DDIMSampler" in text
+    config.write_text(text.replace("alignlab.samplers.ddim.DDIMSampler", "alignlab.core.sampling.DDIMSampler"))
+    options = ["max_prompts=2", "samples_per_prompt=1", "--base"]
+    assert evaluate_main([f"run_dir={old}", *options])["reward_mean"] == evaluate_main(
+        [f"run_dir={run_dir}", *options])["reward_mean"]
 
 
 @pytest.mark.parametrize("make,expected", [

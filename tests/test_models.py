@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from alignlab.core.sampling import DDIMSampler
+from alignlab.samplers.ddim import DDIMSampler
 from alignlab.errors import ConfigError, WeightsNotFoundError
 from alignlab.models import add_lora, build_tiny, frozen_reference, load_pretrained, save_lora
 from alignlab.models.tokenizer import clip_tokenizer

@@ -1,11 +1,13 @@
 """PPO-clip loss, the per-prompt stat tracker, and one real policy-gradient update."""
 
+import re
+
 import pytest
 import torch
 
 from alignlab.core.advantages import PerPromptStatTracker, batch_zscore
 from alignlab.core.ppo import ppo_clip_loss
-from alignlab.core.sampling import DDIMSampler
+from alignlab.samplers.ddim import DDIMSampler
 from alignlab.models import add_lora, trainable_parameters
 
 
@@ -92,6 +94,32 @@ def test_ddpo_trains_only_the_steps_of_its_window(tiny_model, window, fraction, 
     steps = torch.cat([batch["steps"] for batch in method.micro_batches(8, torch.Generator().manual_seed(0))])
     assert steps.shape == (8, trained) and steps.min() >= first and steps.max() < end
     assert all(len(set(row.tolist())) == trained for row in steps)  # each sample's steps are distinct
+
+
+@pytest.mark.parametrize("steps, share, window", [(10, 0.5, (0, 5)), (3, 0.5, (0, 2)), (20, 0.25, (0, 5)),
+                                                  (10, 1.0, (0, 10))])
+def test_ddpo_early_share_trains_the_first_steps_of_any_sampler(tiny_model, steps, share, window):
+    from alignlab.methods.ddpo import DDPO
+    from alignlab.prompts import PromptSet
+    from alignlab.rewards import JpegCompressibility
+
+    method = DDPO(tiny_model, DDIMSampler(num_steps=steps, progress=False), JpegCompressibility(),
+                  torch.optim.AdamW, PromptSet(["a cat"]), early_share=share)
+    assert method.trained_interval == window
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"early_share": 0.5, "step_window": [0, 2]}, "set one"), ({"early_share": 0.0}, "must be in (0, 1]"),
+    ({"early_share": 1.5}, "must be in (0, 1]")])
+def test_ddpo_early_share_refuses_bad_values(tiny_model, options, message):
+    from alignlab.errors import ConfigError
+    from alignlab.methods.ddpo import DDPO
+    from alignlab.prompts import PromptSet
+    from alignlab.rewards import JpegCompressibility
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        DDPO(tiny_model, DDIMSampler(num_steps=4, progress=False), JpegCompressibility(), torch.optim.AdamW,
+             PromptSet(["a cat"]), **options)
 
 
 def test_a_rounds_row_totals_its_times_and_averages_the_rest(tiny_model):

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from alignlab.core.sampling import DDIMSampler
+from alignlab.samplers.ddim import DDIMSampler
 from alignlab.errors import ConfigError
 from alignlab.models import build_tiny
 from alignlab.run import check_precision, train

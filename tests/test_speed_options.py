@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from alignlab.core.asyn_sampling import AsynSampler
+from alignlab.samplers.asyn import AsynSampler
 from alignlab.core.per_pixel_unet import PerPixelUNet
-from alignlab.core.sampling import DDIMSampler
+from alignlab.samplers.ddim import DDIMSampler
 from alignlab.core.token_spans import Item, ItemBatch
 from alignlab.errors import ConfigError
 from alignlab.models import add_lora, build_tiny

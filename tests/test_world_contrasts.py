@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from alignlab.world.clip import hard_negatives, text_margin_loss
+from alignlab.world.clip import hard_negatives, paraphrase_loss, text_margin_loss
 from alignlab.world.contrasts import (
-    EDITS, KINDS, OPPOSITE, minimal_pairs, scene_for_caption, sequence_difference,
+    EDITS, KINDS, OPPOSITE, minimal_pairs, mirrored, scene_for_caption, sequence_difference,
 )
 from alignlab.world.grammar import all_specs, spec_of
 from alignlab.world.oracle import check
@@ -85,6 +85,23 @@ def test_hard_negatives_cover_every_edit_that_applies():
         frozenset({"relation"}), frozenset({"colour0", "colour1"})}
     counting = next(s for s in all_specs(["counting"]))
     assert any(len(n.objects) != len(counting.objects) for n in hard_negatives(counting, rng))
+
+
+def test_a_mirrored_caption_describes_the_same_scene():
+    spec = spec_of("a red circle to the left of a blue square")
+    assert mirrored(spec).prompt == "a blue square to the right of a red circle"
+    assert mirrored(mirrored(spec)) == spec
+    images = render_batch([spec] * 8, np.random.default_rng(0))
+    assert all(check(mirrored(spec), image).passed for image in images)  # every render of one fits the other
+
+
+def test_paraphrase_loss_is_the_mean_hinge_below_the_agreement():
+    angle = torch.tensor([0.0, 0.3, 1.0])  # cosines 1.0, 0.955, 0.540
+    captions = torch.tensor([[1.0, 0.0]] * 3)
+    paraphrases = torch.stack([angle.cos(), angle.sin()], dim=1)
+    expected = (0.0 + (0.97 - float(torch.cos(torch.tensor(0.3)))) + (0.97 - float(torch.cos(torch.tensor(1.0))))) / 3
+    assert paraphrase_loss(captions, paraphrases, agreement=0.97).item() == pytest.approx(expected)
+    assert paraphrase_loss(captions, paraphrases, agreement=0.5).item() == 0.0
 
 
 def test_text_margin_loss_is_the_mean_hinge_on_each_pairs_cosine():

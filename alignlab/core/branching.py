@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from alignlab.core.sampling import Trajectory, draw_noise
+from alignlab.samplers.ddim import Trajectory, draw_noise
 
 
 @torch.no_grad()
@@ -39,7 +39,7 @@ def branch_sample(
     branch_at = sampler.num_steps - split_step
     latents = draw_noise(latent_shape, generator, prompt_embeds.device) * scheduler.init_noise_sigma
     state = None
-    if getattr(sampler, "needs_items", False):
+    if sampler.needs_items:
         state = sampler.initial_state(unet, scheduler, latents, prompt_embeds, negative_embeds, generator, items,
                                       "asyndm")
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from alignlab.core.attention import AttentionStore, CaptureProcessor, attention_processors
 from alignlab.core.ddim import ddim_step
 from alignlab.core.masks import absolute_masks, item_attention
-from alignlab.core.sampling import Trajectory, draw_noise, guided_noise
+from alignlab.samplers.ddim import Trajectory, draw_noise, guided_noise
 
 
 def self_attention_layers(unet, blocks: tuple[str, ...] = ("mid_block", "up_blocks")) -> dict[str, torch.nn.Module]:

@@ -12,9 +12,9 @@ from lightning.pytorch.loggers import WandbLogger
 from alignlab.errors import ConfigError
 from alignlab.eval.evaluate import evaluate_prompts, select_prompts
 from alignlab.eval.hacking import reward_hacking
+from alignlab.eval.judge import judge_images, oracle_stats
 from alignlab.training.artifacts import read_metrics, sample_captions, sample_grid
 from alignlab.training.wandb_run import sample_table
-from alignlab.world.oracle import oracle_stats, world_scores
 
 log = logging.getLogger("alignlab")
 
@@ -67,7 +67,7 @@ class EvalCallback(L.Callback):
                                   prompt_set=pl_module.prompts)
         pl_module.stats["eval/reward_mean"].append(result["reward_mean"])
         pl_module.stats["eval/reward_std"].append(result["reward_std"])
-        scored = world_scores(result["images"], result["prompts"])  # judged once: stats, captions, table
+        scored = judge_images(pl_module.prompts, result["images"], result["prompts"])  # once: stats, captions, table
         gold = oracle_stats(scored, prefix="eval/")
         for key, value in gold.items():
             pl_module.stats[key].append(value)

@@ -55,7 +55,7 @@ def evaluate_prompts(model, sampler, reward, prompts: list[str], samples_per_pro
     if not prompts:
         raise ValueError("evaluate_prompts needs at least one prompt")
     rows = [p for p in prompts for _ in range(samples_per_prompt)]
-    needs_items = getattr(sampler, "needs_items", False)
+    needs_items = sampler.needs_items
     rewards, images = [], []
     with _eval_mode(model), model.autocast():
         negative = model.encode_prompts([""])

@@ -5,7 +5,8 @@ Every image of the prompt split is generated three times from the SAME initial a
 timestep schedules. Writes <run dir>/asyndm/: table.md and table.json (reward per variant, paired
 difference and win rate against DM), triplets.png (DM | DM_concave | AsynDM per image) and
 timestep_maps.png (AsynDM's per-pixel timesteps at a few steps: the item masks, brighter = noisier).
-On shapes-world prompts every image is also judged by the world's oracle (ground truth next to the reward).
+With a prompt set that has a gold judge (the shapes world's oracle) every image is also judged: ground truth
+next to the reward.
 """
 
 from __future__ import annotations
@@ -18,14 +19,13 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from torch.utils.data import DataLoader
 
-from alignlab.core.asyn_sampling import VARIANTS, AsynSampler
+from alignlab.eval.judge import judge_images
+from alignlab.samplers.asyn import VARIANTS, AsynSampler
 from alignlab.core.masks import upsample_nearest
-from alignlab.core.sampling import Trajectory
+from alignlab.samplers.ddim import Trajectory
 from alignlab.errors import ConfigError
 from alignlab.methods.base import RLMethod
 from alignlab.training.artifacts import sample_grid
-from alignlab.world.grammar import is_world_prompt
-from alignlab.world.oracle import score_images
 
 MASK_IMAGES = 4  # images shown in the timestep-map picture
 
@@ -48,7 +48,7 @@ class AsynDM(RLMethod):
         pool = (prompts.train if split == "train" else prompts.test)[:num_prompts]
         sampler.check_prompts(prompts, split, pool)
         self.rows = [p for p in pool for _ in range(images_per_prompt)]
-        self.gold = all(map(is_world_prompt, self.rows))  # the oracle can judge every image
+        self.gold = prompts.judge is not None  # the prompt set's gold judge (the world's oracle) scores each image
         self.batch_size, self.mask_steps = batch_size, mask_steps
         self.results: dict[str, list] = defaultdict(list)
 
@@ -86,7 +86,7 @@ class AsynDM(RLMethod):
             images = self.model.decode(traj.final)
             self.results[variant] += self.reward(images, prompts).float().cpu().tolist()
             if self.gold:
-                scores, passed = score_images(images, prompts)
+                scores, passed = judge_images(self.prompts, images, prompts)
                 self.results[f"{variant}_oracle"] += scores.cpu().tolist()
                 self.results[f"{variant}_passed"] += passed.cpu().tolist()
             self.results[f"{variant}_images"].append(images[:keep].cpu())

@@ -92,7 +92,7 @@ class B2DiffuRL(DDPO):
     def sample_batch(self, prompts: list[str], negative: torch.Tensor, generator: torch.Generator):
         """`prompts` repeats each family's prompt K times in a row: one prefix per family, then K branches."""
         model, k = self.model, self.num_branches
-        items = self.item_batch(prompts[::k]) if getattr(self.sampler, "needs_items", False) else None
+        items = self.item_batch(prompts[::k]) if self.sampler.needs_items else None
         traj, _ = branch_sample(self.sampler, model.unet, model.scheduler, model.encode_prompts(prompts[::k]),
                                 negative, model.latent_shape(len(prompts) // k), generator, self.split_step, k,
                                 self.branch_chunk, items)

@@ -12,12 +12,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from alignlab.core.sampling import Trajectory
+from alignlab.eval.judge import judge_images, oracle_stats
+from alignlab.samplers.ddim import Trajectory
 from alignlab.core.token_spans import ItemBatch
 from alignlab.errors import AlignlabError
 from alignlab.methods.rounds import round_loader
 from alignlab.models import require_reference, trainable_parameters
-from alignlab.world.oracle import oracle_stats, world_scores
 
 log = logging.getLogger("alignlab")
 
@@ -65,7 +65,7 @@ class RLMethod(L.LightningModule):
         self.idle_batches = 0  # this round's padding micro-batches (round_batches)
         if self.needs_reference:
             require_reference(model)
-        if getattr(sampler, "needs_items", False) and not self.evaluation_only:
+        if sampler.needs_items and not self.evaluation_only:
             sampler.check_prompts(prompts, "train", prompts.train)  # (AsynDM checks the split it evaluates)
         warn_if_cut(model.tokenizer, prompts.train + prompts.test)
 
@@ -144,8 +144,8 @@ class RLMethod(L.LightningModule):
         for name, values in components.items():
             self.stats[f"reward/{name}"].append(torch.cat(values).mean().item())
         images = torch.cat(images)
-        # world prompts: the gold metric next to the proxy
-        for key, value in oracle_stats(world_scores(images, prompts)).items():
+        # a prompt set with a judge (the world's oracle): the gold metric next to the proxy
+        for key, value in oracle_stats(judge_images(self.prompts, images, prompts)).items():
             self.stats[key].append(value)
         return Trajectory.cat(parts), torch.cat(rewards), images
 
@@ -153,7 +153,7 @@ class RLMethod(L.LightningModule):
         """One batch of rollouts, one row per prompt (B²-DiffuRL overrides it to branch shared prefixes).
         Samplers that mask the prompts' items (sampler=asyn) also get the items."""
         model = self.model
-        extra = {"items": self.item_batch(prompts)} if getattr(self.sampler, "needs_items", False) else {}
+        extra = {"items": self.item_batch(prompts)} if self.sampler.needs_items else {}
         return self.sampler.sample(model.unet, model.scheduler, model.encode_prompts(prompts), negative,
                                    model.latent_shape(len(prompts)), generator, **extra)
 

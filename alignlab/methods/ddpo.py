@@ -29,6 +29,7 @@ class DDPO(RLMethod):
         num_inner_epochs: int = 1,
         timestep_fraction: float = 1.0,
         step_window: list[int] | None = None,
+        early_share: float | None = None,
         clip_range: float = 1e-4,
         adv_clip_max: float = 5.0,
         max_grad_norm: float = 1.0,
@@ -56,6 +57,13 @@ class DDPO(RLMethod):
                                             <= sampler.num_steps):
             raise ConfigError(f"method.step_window must be [first, end] with 0 <= first < end <= sampler.num_steps "
                               f"({sampler.num_steps}), got {list(step_window)}")
+        if early_share is not None:
+            if step_window is not None:
+                raise ConfigError("method.step_window and method.early_share both pick the trained steps: set one "
+                                  "(the other to null)")
+            if not 0 < early_share <= 1:
+                raise ConfigError(f"method.early_share must be in (0, 1], got {early_share}")
+            step_window = [0, math.ceil(early_share * sampler.num_steps)]  # where the composition is decided
         self.step_window = tuple(step_window) if step_window is not None else None
         self.sample_batch_size, self.num_batches_per_round = sample_batch_size, num_batches_per_round
         self.train_batch_size = train_batch_size

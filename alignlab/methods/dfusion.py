@@ -18,7 +18,7 @@ import torch
 from alignlab.core.attention import capture_layers
 from alignlab.core.fusion import KVFusion, fused_targets, self_attention_layers
 from alignlab.core.pairs import dfusion_pairs, grouped_pairs
-from alignlab.core.sampling import Trajectory
+from alignlab.samplers.ddim import Trajectory
 from alignlab.core.token_spans import ItemBatch
 from alignlab.errors import ConfigError
 from alignlab.methods.ddpo import DDPO

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from alignlab.core.dpo import diffusion_dpo_loss, trajectory_dpo_loss
 from alignlab.core.pairs import best_worst_pairs, grouped_pairs
-from alignlab.core.sampling import Trajectory, guided_noise
+from alignlab.samplers.ddim import Trajectory, guided_noise
 from alignlab.errors import ConfigError
 from alignlab.methods.base import RLMethod
 from alignlab.models import frozen_reference

@@ -61,7 +61,8 @@ def _parse_entry(entry, name: str, one_token: bool = False) -> tuple[str, list[I
 
 
 class PromptSet:
-    def __init__(self, train: list, test: list | None = None, name: str = "prompts", item_tokens: str = "spans"):
+    def __init__(self, train: list, test: list | None = None, name: str = "prompts", item_tokens: str = "spans",
+                 judge=None):
         for split, entries in (("train", train), ("test", test)):
             if isinstance(entries, (str, Mapping)):
                 raise ConfigError(f"prompt set '{name}': {split} must be a list of prompts, got {entries!r}")
@@ -82,6 +83,7 @@ class PromptSet:
         if shared:
             raise ConfigError(f"prompt set '{name}' lists {shared} in both train and test: test prompts are held out")
         self.train, self.test, self.name = train, test, name
+        self.judge = judge  # the gold judge of these prompts' images, if any (alignlab.eval.judge)
 
     def sample(self, count: int, generator: torch.Generator, split: str = "train") -> list[str]:
         """`count` prompts drawn uniformly with replacement (DDPO draws a random prompt per image)."""

@@ -17,6 +17,10 @@ import torch.nn.functional as F
 from alignlab.rewards.chunked import ChunkedReward
 from alignlab.errors import ConfigError, WeightsNotFoundError
 
+# open_clip architecture files (JSON, named after the model) that plug-ins add, the shapes world's CLIP among
+# them; OpenClip makes open_clip know them before it looks a model name up.
+MODEL_CONFIGS: list = []
+
 
 def resize_center_crop(
     images: torch.Tensor,
@@ -60,9 +64,9 @@ class OpenClip:
     ):
         import open_clip  # importing open_clip takes seconds; only pay for it when the reward is used
 
-        from alignlab.world.clip import register
-
-        register()  # alignlab's own architecture (the world CLIP) joins open_clip's list
+        for config in MODEL_CONFIGS:  # plug-ins' architectures join open_clip's list (once)
+            if config.stem not in open_clip.list_models():
+                open_clip.add_model_config(config)
         if model_name not in open_clip.list_models():
             raise ConfigError(
                 f"{model_key}={model_name!r} is not an open_clip model; pick one of open_clip.list_models()."

@@ -50,7 +50,7 @@ def sample_grid(images: torch.Tensor, captions: list[str], columns: int = 4, tit
 
 def sample_captions(prompts: list[str], rewards, scored=None) -> list[str]:
     """Each sample's prompt, then its reward and, on world prompts, the oracle's verdict (✓ all constraints met)
-    from their world_scores (None: not world prompts)."""
+    from their judge_images (None: no gold judge)."""
     verdicts = ["\noracle " + ("✓" if ok else "✗") for ok in scored[1].tolist()] if scored else [""] * len(prompts)
     return [f"{p}\nreward {r:.3f}{v}" for p, r, v in zip(prompts, rewards, verdicts, strict=True)]
 

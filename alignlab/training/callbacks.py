@@ -8,13 +8,13 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 
+from alignlab.eval.judge import judge_images
 from alignlab.models import save_lora
 from alignlab.models.lora import has_lora
 from alignlab.training.artifacts import plot_curves, read_metrics, sample_captions, sample_grid
 from alignlab.training.atomic import replace_atomically
 from alignlab.training.console import show_round
 from alignlab.training.wandb_run import run_summary, sample_table
-from alignlab.world.oracle import world_scores
 
 
 class RoundRecorder(L.Callback):
@@ -52,9 +52,9 @@ class RoundRecorder(L.Callback):
             f.write(json.dumps(row) + "\n")
         for logger in trainer.loggers:
             logger.log_metrics(row, step=round_no)
-        self._save_pictures(trainer, pl_module.showcase, round_no)
+        self._save_pictures(trainer, pl_module.showcase, round_no, pl_module.prompts)
 
-    def _save_pictures(self, trainer, showcase: dict, round_no: int) -> None:
+    def _save_pictures(self, trainer, showcase: dict, round_no: int, prompt_set) -> None:
         (self.run_dir / "plots").mkdir(exist_ok=True)
         plot_curves(read_metrics(self.metrics_path), self.run_dir / "plots" / "alignment.png")
         if not showcase:
@@ -63,7 +63,7 @@ class RoundRecorder(L.Callback):
         # the round's samples, plus any extra grids a method shows (D-Fusion's masks, say)
         grids = {"samples": showcase, **showcase.get("grids", {})}
         for name, shown in grids.items():
-            scored = world_scores(shown["images"], shown["prompts"]) if "prompts" in shown else None
+            scored = judge_images(prompt_set, shown["images"], shown["prompts"]) if "prompts" in shown else None
             captions = shown.get("captions") or sample_captions(shown["prompts"], shown["rewards"], scored)
             grid = sample_grid(shown["images"], captions, shown.get("columns", 4), title=f"{name}, round {round_no}")
             prefix = "round" if name == "samples" else f"{name}_round"

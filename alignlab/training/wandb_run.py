@@ -60,7 +60,7 @@ def run_identity(seed: int, hydra: DictConfig | None = None) -> dict:
 
 def sample_table(images: torch.Tensor, prompts: list[str], rewards, round_no: int, scored=None):
     """A W&B Table, one row per sample: round, prompt, image, reward and, on world prompts, the oracle's score
-    and pass (their world_scores; None: not world prompts)."""
+    and pass (their judge_images; None: no gold judge)."""
     import wandb
 
     columns = ["round", "prompt", "image", "reward", *(("oracle_score", "passed") if scored else ())]

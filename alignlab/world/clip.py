@@ -4,7 +4,8 @@ It is an ordinary open_clip model (config world-clip.json, registered with open_
 rewards load it through exactly the code that loads ViT-H-14; only the name and checkpoint differ.
 Each caption comes with one hard negative per edit that applies to it (colours exchanged between objects,
 the opposite relation, another count, another colour, another shape), so the score must read bindings and
-relations, not word bags.
+relations, not word bags; and each position caption must agree with its paraphrase ("B right of A" for "A left
+of B"), without which relations are never learned (PARAPHRASE_AGREEMENT).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from alignlab.world.contrasts import other_count, reversed_relation, swapped_colours
+from alignlab.rewards.clip import MODEL_CONFIGS, OpenClip
+from alignlab.world.contrasts import mirrored, other_count, reversed_relation, swapped_colours
 from alignlab.world.grammar import COLORS, SHAPES, Obj, Spec
 from alignlab.world.pretraining import LoopConfig, sample_specs, train_loop
 from alignlab.world.render import render_batch
@@ -25,18 +27,22 @@ from alignlab.world.render import render_batch
 NAME = "world-clip"
 CONFIG = Path(__file__).parent / f"{NAME}.json"
 CHECKPOINT = Path(__file__).parent / "weights" / "world_clip.safetensors"
-CLIP = LoopConfig(steps=2000, lr=1e-3, warmup=100, ema_decay=0.995, batch_size=64)
+CLIP = LoopConfig(steps=3000, lr=1e-3, warmup=100, ema_decay=0.995, batch_size=64)
+# Half of each batch is position captions: relations are what the CLIP learns last (docs/world.md, "World v2").
+CLIP_CATEGORY_WEIGHTS = {"single_object": 0.1, "two_objects": 0.1, "counting": 0.15, "colour_attr": 0.15,
+                         "position": 0.5}
 # Most a caption's and its hard negative's text embeddings may agree (cosine) before a penalty applies, and its
 # weight: contrastive learning alone leaves "left of" and "right of" at cosine 0.999 (docs/world.md).
 TEXT_MARGIN, TEXT_MARGIN_WEIGHT = 0.9, 10.0
+# Least cosine a position caption's text embedding must reach with its paraphrase ("A left of B", "B right of A").
+# Without it the world CLIP never learns relations (relation retrieval stays at chance, 0.5): every layout comes
+# with both phrasings, so the image tower's gradients for "left" and "right" cancel until the text tower maps a
+# caption and its paraphrase together, and the text tower has no reason to until the images tell them apart.
+PARAPHRASE_AGREEMENT = 0.97
 
 
-def register() -> None:
-    """Make open_clip know the world-clip architecture (idempotent)."""
-    import open_clip
-
-    if NAME not in open_clip.list_models():
-        open_clip.add_model_config(CONFIG)
+if CONFIG not in MODEL_CONFIGS:  # reward=clip can load the world CLIP by its name
+    MODEL_CONFIGS.append(CONFIG)
 
 
 def _other(options, current, rng: np.random.Generator):
@@ -107,6 +113,13 @@ def soft_targets(rows: list[str], columns: list[str]) -> torch.Tensor:
     return match / match.sum(dim=1, keepdim=True)
 
 
+def paraphrase_loss(captions: torch.Tensor, paraphrases: torch.Tensor,
+                    agreement: float = PARAPHRASE_AGREEMENT) -> torch.Tensor:
+    """Mean hinge on how far each caption's unit text embedding falls short of `agreement` cosine with its
+    paraphrase's (row by row): the text tower reads a relation as a scene, not as word order."""
+    return F.relu(agreement - (captions * paraphrases).sum(dim=1)).mean()
+
+
 def text_margin_loss(captions: torch.Tensor, negatives: torch.Tensor, margin: float = TEXT_MARGIN) -> torch.Tensor:
     """Mean hinge on the cosine of each caption's unit text embedding and its hard negative's (row by row):
     the text tower must tell minimal pairs apart itself, not leave it to tiny differences a large logit
@@ -116,16 +129,13 @@ def text_margin_loss(captions: torch.Tensor, negatives: torch.Tensor, margin: fl
 
 def train_clip(out_dir: Path, config: LoopConfig = CLIP) -> Path:
     """Train (or resume) the world CLIP; writes its EMA weights to out_dir/weights/world_clip.safetensors."""
-    from alignlab.rewards.clip import OpenClip
-
-    register()
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
         clip = OpenClip(NAME, None, torch.device("cpu"))
     model = clip.model
 
     def loss_fn(rng, generator) -> torch.Tensor:
-        specs = sample_specs(rng, config.batch_size)
+        specs = sample_specs(rng, config.batch_size, CLIP_CATEGORY_WEIGHTS)
         captions = [s.prompt for s in specs]
         negatives = [(i, n.prompt) for i, s in enumerate(specs) for n in hard_negatives(s, rng)]
         texts = captions + [prompt for _, prompt in negatives]
@@ -137,7 +147,10 @@ def train_clip(out_dir: Path, config: LoopConfig = CLIP) -> Path:
         text_to_image = -(soft_targets(captions, captions) * logits[:, : len(specs)].T.log_softmax(dim=1)).sum(1).mean()
         owners = torch.tensor([i for i, _ in negatives])
         margin = text_margin_loss(text_emb[owners], text_emb[len(specs):])
-        return (image_to_text + text_to_image) / 2 + TEXT_MARGIN_WEIGHT * margin
+        related = [s for s in specs if s.relation]
+        agreement = paraphrase_loss(*(model.encode_text(clip.tokenizer(p), normalize=True) for p in (
+            [s.prompt for s in related], [mirrored(s).prompt for s in related]))) if related else 0.0
+        return (image_to_text + text_to_image) / 2 + TEXT_MARGIN_WEIGHT * (margin + agreement)
 
     ema = train_loop("clip", {"clip": model}, loss_fn, config, out_dir)
     ema.copy_to(model.parameters())

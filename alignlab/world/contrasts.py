@@ -28,6 +28,11 @@ def reversed_relation(spec: Spec) -> Spec:
     return replace(spec, relation=OPPOSITE[spec.relation])
 
 
+def mirrored(spec: Spec) -> Spec:
+    """The same scene described from the other object: "A left of B" -> "B right of A" (a paraphrase)."""
+    return replace(spec, objects=spec.objects[::-1], relation=OPPOSITE[spec.relation])
+
+
 def swapped_colours(spec: Spec) -> Spec:
     a, b = spec.objects
     return replace(spec, objects=(Obj(a.shape, b.color), Obj(b.shape, a.color)))

@@ -153,6 +153,7 @@ def world_prompt_set(categories: list[str] | tuple[str, ...] = CATEGORIES, per_c
     every item that AsynDM curvature instead of the grammar's per-category default (the paper's k ablation),
     `threshold` that D-Fusion mask threshold instead of ITEM_THRESHOLD (to calibrate the masks' coverage)."""
     from alignlab.prompts import PromptSet
+    from alignlab.world.oracle import WorldJudge
 
     unknown = [c for c in categories if c not in CATEGORIES]
     if unknown:
@@ -170,4 +171,4 @@ def world_prompt_set(categories: list[str] | tuple[str, ...] = CATEGORIES, per_c
             specs = evenly_spread([s for s in _specs(category) if s.split == split], per_category)
             entries += [{"prompt": s.prompt, "items": [{"word": i.word, "k": i.k, "threshold": i.threshold, **override}
                                                      for i in s.items]} for s in specs]
-    return PromptSet(splits["train"], splits["test"], name=name)
+    return PromptSet(splits["train"], splits["test"], name=name, judge=WorldJudge())

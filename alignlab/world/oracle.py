@@ -214,15 +214,6 @@ def world_scores(images: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor
     return scores, passed.float()
 
 
-def oracle_stats(scored: tuple[torch.Tensor, torch.Tensor] | None, prefix: str = "") -> dict[str, float]:
-    """Mean oracle score and strict accuracy of a batch's world_scores, the gold metric next to a run's proxy
-    reward (every rollout: no per-category breakdown); empty when some prompt was not a world prompt."""
-    if scored is None:
-        return {}
-    scores, passed = scored
-    return {f"{prefix}oracle_score": float(scores.mean()), f"{prefix}oracle_accuracy": float(passed.mean())}
-
-
 def by_category(prompts: list[str], values) -> dict[str, float]:
     """Mean of per-row `values` over the rows of each world category (GenEval's per-category breakdown), in
     the grammar's category order."""
@@ -233,8 +224,8 @@ def by_category(prompts: list[str], values) -> dict[str, float]:
 
 
 def oracle_report(images: torch.Tensor, prompts: list[str]) -> dict:
-    """oracle_stats and its per-category breakdown (`oracle_by_category`, with each category's image count)
-    from one scoring of the images; empty when some prompt is not a world prompt."""
+    """Mean oracle score and strict accuracy and their per-category breakdown (`oracle_by_category`, with each
+    category's image count) from one scoring of the images; empty when some prompt is not a world prompt."""
     scored = world_scores(images, prompts)
     if scored is None:
         return {}
@@ -244,3 +235,11 @@ def oracle_report(images: torch.Tensor, prompts: list[str]) -> dict:
     return {"oracle_score": float(scores.mean()), "oracle_accuracy": float(passed.mean()),
             "oracle_by_category": {c: {"oracle_score": score[c], "oracle_accuracy": accuracy[c], "images": counts[c]}
                                    for c in score}}
+
+
+class WorldJudge:
+    """The oracle as the world prompt set's gold judge (alignlab.eval.judge): how runs, evaluations and
+    AsynDM's comparison reach it without importing the world."""
+
+    scores = staticmethod(world_scores)
+    report = staticmethod(oracle_report)

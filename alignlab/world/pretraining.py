@@ -32,10 +32,10 @@ def _pools() -> tuple[list[Spec], ...]:
     return tuple(all_specs([category]) for category in CATEGORIES)
 
 
-def sample_specs(rng: np.random.Generator, count: int) -> list[Spec]:
-    """`count` specs: a category by CATEGORY_WEIGHTS, then a uniform prompt of it (train and test alike)."""
+def sample_specs(rng: np.random.Generator, count: int, category_weights: dict = CATEGORY_WEIGHTS) -> list[Spec]:
+    """`count` specs: a category by `category_weights`, then a uniform prompt of it (train and test alike)."""
     pools = _pools()
-    weights = np.array([CATEGORY_WEIGHTS[c] for c in CATEGORIES])
+    weights = np.array([category_weights[c] for c in CATEGORIES])
     picks = rng.choice(len(CATEGORIES), size=count, p=weights / weights.sum())
     return [pools[c][int(rng.integers(len(pools[c])))] for c in picks]
 

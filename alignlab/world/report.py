@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from alignlab.core.sampling import DDIMSampler  # noqa: E402
+from alignlab.samplers.ddim import DDIMSampler  # noqa: E402
 from alignlab.eval.evaluate import evaluate_prompts  # noqa: E402
 from alignlab.training.artifacts import sample_grid  # noqa: E402
 from alignlab.world.clip import hard_negative  # noqa: E402

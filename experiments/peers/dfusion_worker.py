@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 import dfusion_shims  # noqa: E402,F401
-from alignlab.bench_memory import peak_mib  # noqa: E402
+from alignlab.benchmarks.memory import peak_mib  # noqa: E402
 
 CHECKOUT, JOB = sys.argv[1], sys.argv[2]
 sys.path.insert(0, CHECKOUT)

@@ -44,13 +44,13 @@ def measure(fns: dict, repeats: int, remote_peaks: dict | None = None) -> tuple[
     """(median times, peak MiB) per function. In the memory child: print the peaks and exit.
     `remote_peaks[name]()` returns the peak of a function that runs in another process (a worker)."""
     if MEMORY_MODE:
-        from alignlab.bench_memory import peaks
+        from alignlab.benchmarks.memory import peaks
 
         for fn in fns.values():
             fn()  # warm-up (lazy initialisation is not the sampler's memory)
         print("PEER_BENCH_MEMORY " + json.dumps(peaks(fns, remote=remote_peaks)), flush=True)
         sys.exit(0)
-    from alignlab.bench import interleaved
+    from alignlab.benchmarks.speed import interleaved
 
     times = interleaved(fns, repeats)
     env = dict(os.environ, PEER_BENCH_MEMORY="1", MALLOC_MMAP_THRESHOLD_="65536")

@@ -29,7 +29,7 @@ import alignlab  # noqa: E402,F401
 import diffusers  # noqa: E402
 from diffusers import UNet2DConditionModel  # noqa: E402
 
-from alignlab.core.asyn_sampling import AsynSampler  # noqa: E402
+from alignlab.samplers.asyn import AsynSampler  # noqa: E402
 from alignlab.core.token_spans import Item, ItemBatch  # noqa: E402
 from alignlab.models import build_tiny  # noqa: E402
 

@@ -20,7 +20,7 @@ import diffusers.utils  # noqa: E402
 from diffusers.utils.torch_utils import randn_tensor  # noqa: E402
 
 from alignlab.core.ddim import ddim_step  # noqa: E402
-from alignlab.core.sampling import DDIMSampler  # noqa: E402
+from alignlab.samplers.ddim import DDIMSampler  # noqa: E402
 from alignlab.models import build_tiny  # noqa: E402
 
 

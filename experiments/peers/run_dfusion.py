@@ -27,7 +27,7 @@ import diffusers  # noqa: E402
 
 from alignlab.core.attention import capture_layers  # noqa: E402
 from alignlab.core.fusion import KVFusion, fused_targets, self_attention_layers  # noqa: E402
-from alignlab.core.sampling import DDIMSampler  # noqa: E402
+from alignlab.samplers.ddim import DDIMSampler  # noqa: E402
 from alignlab.core.token_spans import Item, ItemBatch  # noqa: E402
 from alignlab.models import build_tiny  # noqa: E402
 

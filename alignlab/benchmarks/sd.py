@@ -7,7 +7,7 @@ its own UNet; all are timed interleaved in one process, so the columns compare s
 gradient checkpointing acts: a rollout takes no gradients, so checkpointed variants have no rollout column).
 Peak memory is CUDA's maximum allocated during the call (resident memory on a CPU).
 
-    python -m alignlab.bench_sd [--models sd15,sd21] [--latent 64] [--batch 4] [--steps 10] [--repeats 5]
+    python -m alignlab.benchmarks.sd [--models sd15,sd21] [--latent 64] [--batch 4] [--steps 10] [--repeats 5]
                                 [--device cuda] [--compile true] [--out bench/sd.json]
 """
 
@@ -17,8 +17,8 @@ import argparse
 import itertools
 
 import alignlab  # noqa: F401
-from alignlab.bench import bench_model, case_functions, compile_option, interleaved, write_results
-from alignlab.bench_memory import peaks
+from alignlab.benchmarks.speed import bench_model, case_functions, compile_option, interleaved, write_results
+from alignlab.benchmarks.memory import peaks
 
 DTYPES = ("float16", "bfloat16")
 

@@ -19,7 +19,7 @@ from alignlab.core.attention import AttentionStore, CaptureProcessor, attention_
 from alignlab.core.ddim import ddim_step
 from alignlab.core.masks import item_attention, largest_k, relative_masks, upsample_nearest
 from alignlab.core.per_pixel_unet import PerPixelUNet
-from alignlab.core.sampling import DDIMSampler, Trajectory, draw_noise, guided_noise
+from alignlab.samplers.ddim import DDIMSampler, Trajectory, draw_noise, guided_noise
 from alignlab.core.timestep_schedules import CURVES, Grid, check_decreasing, next_state
 from alignlab.core.token_spans import ItemBatch
 from alignlab.errors import ConfigError

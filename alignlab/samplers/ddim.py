@@ -68,6 +68,8 @@ def guided_noise(unet, latents, timestep, prompt_embeds, negative_embeds, guidan
 class DDIMSampler:
     """Synchronous DDIM sampler (every pixel on the scheduler's timestep grid)."""
 
+    needs_items = False  # the prompts' item words are not needed (AsynSampler's are)
+
     def __init__(self, num_steps: int = 20, guidance_scale: float = 5.0, eta: float = 1.0, progress: bool = True):
         if num_steps < 1:
             raise ConfigError(f"sampler.num_steps must be >= 1, got {num_steps}")

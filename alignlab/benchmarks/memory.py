@@ -1,4 +1,4 @@
-"""A call's own peak memory, for the benchmarks (alignlab.bench*, experiments/peers).
+"""A call's own peak memory, for the benchmarks (alignlab.benchmarks, experiments/peers).
 
 Only the standard library at import (torch is looked up where a caller has imported it): the peer
 D-Fusion worker imports it beside a vendored diffusers that must not meet the installed one.

@@ -4,7 +4,7 @@ Measured before keeping it (issue 7): the world model's rollout of a round's bat
 inline (alignlab's rollout) vs in a one-thread pool overlapping the next batch's sampling, timed
 interleaved in one process; plus the rewards' share of the inline rollout (the most overlap can save).
 
-    python -m alignlab.bench_rewards [--rewards clip,jpeg_compressibility,oracle] [--batches 4] [--batch 16]
+    python -m alignlab.benchmarks.rewards [--rewards clip,jpeg_compressibility,oracle] [--batches 4] [--batch 16]
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 import alignlab  # noqa: F401
-from alignlab.bench import interleaved, write_results
-from alignlab.core.sampling import DDIMSampler
+from alignlab.benchmarks.speed import interleaved, write_results
+from alignlab.samplers.ddim import DDIMSampler
 from alignlab.rewards import ClipScore, JpegCompressibility
 from alignlab.world import OracleReward, build_world, world_prompt_set
 from alignlab.world.clip import CHECKPOINT, NAME

@@ -6,7 +6,7 @@ masks add an explicit attention softmax in the captured layers and a mask update
 figure is the AsynDM time divided by the synchronous time on the same model and inputs, timed
 interleaved (robust on a noisy shared machine).
 
-    python -m alignlab.bench_asyndm [--models world,sd15] [--batch 4] [--steps 10] [--repeats 5]
+    python -m alignlab.benchmarks.asyndm [--models world,sd15] [--batch 4] [--steps 10] [--repeats 5]
                                     [--out bench/asyndm.json]
 """
 
@@ -17,10 +17,10 @@ import argparse
 import torch
 
 import alignlab  # noqa: F401
-from alignlab.bench import bench_model, interleaved, write_results
-from alignlab.bench_memory import peaks
-from alignlab.core.asyn_sampling import AsynSampler
-from alignlab.core.sampling import DDIMSampler
+from alignlab.benchmarks.speed import bench_model, interleaved, write_results
+from alignlab.benchmarks.memory import peaks
+from alignlab.samplers.asyn import AsynSampler
+from alignlab.samplers.ddim import DDIMSampler
 from alignlab.core.token_spans import Item, ItemBatch
 from alignlab.models.tokenizer import clip_tokenizer
 

@@ -4,8 +4,8 @@ Sampling cannot beat N steps × one CFG UNet call, and an update cannot beat the
 backward it needs; so each figure divides alignlab's time by that bound, measured in the same
 process on the same model and inputs (robust on a noisy shared machine). Writes bench/results.json.
 
-    python -m alignlab.bench [--models world,sd15] [--repeats 3] [--out bench/results.json]
-    python -m alignlab.bench --models sd15,sd21 --latent 64 --device cuda --dtype float16 --skip-methods  # a GPU
+    python -m alignlab.benchmarks.speed [--models world,sd15] [--repeats 3] [--out bench/results.json]
+    python -m alignlab.benchmarks.speed --models sd15,sd21 --latent 64 --device cuda --dtype float16 --skip-methods
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 import alignlab  # noqa: F401
-from alignlab.bench_memory import peaks
+from alignlab.benchmarks.memory import peaks
 from alignlab.core.ppo import ppo_clip_loss
-from alignlab.core.sampling import DDIMSampler, guided_noise
+from alignlab.samplers.ddim import DDIMSampler, guided_noise
 from alignlab.models import add_lora, build_tiny
 from alignlab.models.diffusion import DiffusionModel, torch_dtype
 from alignlab.models.speed import configure_speed

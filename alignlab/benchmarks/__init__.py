@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks (`make bench`, docs/benchmarks.md): ratios measured side by side in one process."""
