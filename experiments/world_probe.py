@@ -7,6 +7,7 @@ model draws each category.
     python experiments/world_probe.py speed                                # s per batch-64 step of candidate UNets
     python experiments/world_probe.py clean --out DIR [--steps 1500]  # text encoder + clean UNet
     python experiments/world_probe.py accuracy --weights DIR [--split test] [--per-category 6] [--num-steps 10]
+    python experiments/world_probe.py clip-edits [--weights DIR] [--split test]  # the CLIP on each kind of edit
 
 `clean` resumes from DIR's checkpoints, so rerunning it with more --steps continues the same run (the cosine
 schedule is then the longer one's from the step it stopped at: not the same as a fresh longer run). It writes
@@ -123,6 +124,31 @@ def accuracy(weights: str, split: str, per_category: int, samples: int, num_step
         print(line)
 
 
+def clip_edits(weights: str | None, split: str, scenes: int = 400) -> None:
+    """How often the world CLIP scores a render's own caption above its hard negative of each kind of edit
+    (relation reversed, colours swapped, count, colour, shape), per category: which distinction it misses."""
+    import numpy as np
+
+    from alignlab.rewards.clip import ClipScore
+    from alignlab.world.clip import CHECKPOINT, NAME, _edited, _edits
+    from alignlab.world.grammar import all_specs
+    from alignlab.world.render import render_batch
+
+    reward = ClipScore(NAME, str(Path(weights) / CHECKPOINT.name) if weights else str(CHECKPOINT))
+    rng = np.random.default_rng(0)
+    specs = [s for s in all_specs() if s.split == split]
+    picks = [specs[i] for i in rng.choice(len(specs), min(scenes, len(specs)), replace=False)]
+    wins: dict[tuple[str, str], list[bool]] = {}
+    for image, spec in zip(render_batch(picks, rng), picks, strict=True):
+        for edit in _edits(spec):
+            negative = _edited(spec, edit, rng)
+            if negative.prompt != spec.prompt:
+                own, other = reward(image[None].expand(2, -1, -1, -1), [spec.prompt, negative.prompt]).tolist()
+                wins.setdefault((spec.category, edit), []).append(own > other)
+    for (category, edit), won in sorted(wins.items()):
+        print(f"{category:14s} {edit:12s} {np.mean(won):.3f}  ({len(won)} scenes)")
+
+
 def shape_forgiven(spec, image) -> bool | None:
     """Whether `image` passes the oracle when every object found in one of the prompt's colours counts as that
     colour's shape: what is left fails on colour, count or relation, not on drawing a shape. None for prompts
@@ -140,7 +166,7 @@ def shape_forgiven(spec, image) -> bool | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("probe", choices=["separation", "text", "speed", "clean", "accuracy"])
+    parser.add_argument("probe", choices=["separation", "text", "speed", "clean", "accuracy", "clip-edits"])
     parser.add_argument("--weights", default=None, help="a world weights directory (default: the shipped one)")
     parser.add_argument("--out", type=Path, default=Path("world_build"))
     parser.add_argument("--steps", type=int, default=None)
@@ -158,6 +184,8 @@ def main() -> None:
         speed()
     elif args.probe == "clean":
         clean(args.out, args.steps or 1500)
+    elif args.probe == "clip-edits":
+        clip_edits(args.weights, args.split)
     else:
         accuracy(args.weights, args.split, args.per_category, args.samples, args.num_steps, args.eta)
 

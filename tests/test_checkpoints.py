@@ -15,7 +15,7 @@ from alignlab.methods.ddpo import DDPO
 from alignlab.run import train
 from alignlab.training.artifacts import read_metrics
 from alignlab.training.run_directory import MARKER
-from tests.hydra_app import FAST, comparable, compose_config, run_inprocess, same_lora
+from tests.hydra_app import FAST, NO_EVAL, comparable, compose_config, run_inprocess, same_lora
 
 def test_last_k_kept_and_a_corrupt_newest_falls_back_to_an_older_round(tmp_path):
     straight, resumed = tmp_path / "a", tmp_path / "b"
@@ -99,7 +99,7 @@ def test_sigkill_mid_run_then_the_same_command_equals_an_uninterrupted_run(tmp_p
     straight = tmp_path / "straight"
     rows = run_inprocess(straight, "trainer.max_epochs=2", "logger=none")
     killed = tmp_path / "killed"
-    command = [sys.executable, "-m", "alignlab.run", *FAST, "trainer.max_epochs=2", "logger=none",
+    command = [sys.executable, "-m", "alignlab.run", *FAST, "trainer.max_epochs=2", "logger=none", NO_EVAL,
                f"hydra.run.dir={killed}"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -12,14 +12,14 @@ import pytest
 import torch
 
 from alignlab.run import build, train
-from tests.hydra_app import FAST, compose_config
+from tests.hydra_app import FAST, NO_EVAL, compose_config
 
 # Two prompts, four rows a round: seed 0 draws [a dog, a cat | a dog, a cat], so each prompt's statistics
 # (stat_min_count=2) need both ranks' rewards. SGD: the update is linear in the gradient, so a wrong average
 # across ranks shows in the weights (AdamW's first step, g/|g|, would hide it).
 COMMON = [*FAST, "prompts=simple", "prompts.train=[a cat,a dog]", "method.stat_min_count=2",
           "method.sample_batch_size=2", "method.gradient_accumulation_steps=1", "optimizer._target_=torch.optim.SGD",
-          "~optimizer.betas", "~optimizer.eps", "optimizer.lr=1.0", "trainer.max_epochs=1", "logger=none"]
+          "~optimizer.betas", "~optimizer.eps", "optimizer.lr=1.0", "trainer.max_epochs=1", "logger=none", NO_EVAL]
 PER_RANK = ["method.num_batches_per_round=1", "method.train_batch_size=2"]
 ONE_PROCESS = ["method.num_batches_per_round=2", "method.train_batch_size=4"]
 TWO_RANKS = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
