@@ -8,12 +8,14 @@ and without `--base`), and prints strict oracle accuracy before -> after per run
 
 One process at a time (two torch processes on 2 cores slow each other 10-20x). Reruns skip finished runs and
 evaluations, so an interrupted measurement continues; the pre-trained weights are evaluated once per seed and
-split (<out>/base-<reward>-seed<s>-<split>.json), as every method starts from them on the same noise.
+split and set of extra overrides (<out>/base-<reward>-seed<s>-<split>-<overrides hash>.json), as every method
+starts from them on the same noise.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import subprocess
@@ -30,6 +32,12 @@ def call(args: list[str]) -> float:
     return time.perf_counter() - start
 
 
+def overrides_key(extra: list[str]) -> str:
+    """A short name for the extra overrides: the pre-trained weights' evaluation is shared only by runs that
+    give the same ones (model.weights or prompts.* change what the base scores)."""
+    return hashlib.sha256("\n".join(extra).encode()).hexdigest()[:8]
+
+
 def measure(run_dir: Path, method: str, reward: str, seed: int, extra: list[str]) -> dict:
     seconds = None
     if not (run_dir / "lora").is_dir():
@@ -40,7 +48,7 @@ def measure(run_dir: Path, method: str, reward: str, seed: int, extra: list[str]
         for base in (False, True):
             name = f"x32_{split}" + ("_base" if base else "")
             path = run_dir / "eval" / f"{name}.json"
-            shared = run_dir.parent / f"base-{reward}-seed{seed}-{split}.json"  # the same for every method
+            shared = run_dir.parent / f"base-{reward}-seed{seed}-{split}-{overrides_key(extra)}.json"
             if not path.is_file() and base and shared.is_file():
                 path.parent.mkdir(exist_ok=True)
                 shutil.copy(shared, path)

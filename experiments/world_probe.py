@@ -138,13 +138,20 @@ def clip_edits(weights: str | None, split: str, scenes: int = 400) -> None:
     rng = np.random.default_rng(0)
     specs = [s for s in all_specs() if s.split == split]
     picks = [specs[i] for i in rng.choice(len(specs), min(scenes, len(specs)), replace=False)]
-    wins: dict[tuple[str, str], list[bool]] = {}
-    for image, spec in zip(render_batch(picks, rng), picks, strict=True):
+    images = render_batch(picks, rng)
+    rows, negatives = [], []  # (scene, category, edit) of each hard negative that differs from its caption
+    for index, spec in enumerate(picks):
         for edit in _edits(spec):
             negative = _edited(spec, edit, rng)
             if negative.prompt != spec.prompt:
-                own, other = reward(image[None].expand(2, -1, -1, -1), [spec.prompt, negative.prompt]).tolist()
-                wins.setdefault((spec.category, edit), []).append(own > other)
+                rows.append((index, spec.category, edit))
+                negatives.append(negative.prompt)
+    scenes = torch.tensor([index for index, _, _ in rows])
+    own = reward(images[scenes], [picks[index].prompt for index, _, _ in rows])  # one batched call each
+    other = reward(images[scenes], negatives)
+    wins: dict[tuple[str, str], list[bool]] = {}
+    for (_, category, edit), won in zip(rows, (own > other).tolist(), strict=True):
+        wins.setdefault((category, edit), []).append(won)
     for (category, edit), won in sorted(wins.items()):
         print(f"{category:14s} {edit:12s} {np.mean(won):.3f}  ({len(won)} scenes)")
 

@@ -16,7 +16,7 @@ import torch
 
 def judge_images(prompt_set, images: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The prompt set's judge's verdict on the images; None without a judge or for prompts it cannot judge."""
-    judge = None if prompt_set is None else prompt_set.judge
+    judge = prompt_set.judge
     return None if judge is None or not prompts else judge.scores(images, prompts)
 
 
