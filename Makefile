@@ -20,8 +20,8 @@ test-slow: ## the long tests: learning runs (marked slow)
 study: ## the miniature study (docs/results.md): 4 experiments x 3 seeds into study/, ~7.5-10 h on 2 shared CPU cores; resumable
 	$(PYTHON) experiments/study.py all
 
-study-smoke: ## every study experiment with a tiny budget (tests/test_study.py, slow set), ~6 min
-	$(PYTHON) -m pytest -q -m slow tests/test_study.py
+study-smoke: ## every study experiment with a tiny budget (tests/e2e/test_study.py, slow set), ~6 min
+	$(PYTHON) -m pytest -q -m slow tests/e2e/test_study.py
 
 bench: ## speed and memory benchmarks (ratios measured side by side)
 	$(PYTHON) -m alignlab.benchmarks.speed

@@ -7,7 +7,7 @@ exactly the official prompts, splits, item words, AsynDM curvatures k and D-Fusi
 The official files name items by word index (0-based, counting runs of letters and digits); each item is
 written with its word and that index. The three repositories are MIT-licensed; their notices are copied to
 conf/prompts/OFFICIAL-LICENSES.txt. conf/prompts/official.sha256 records the generated files' checksums,
-which tests/test_official_prompts.py checks, so a hand edit or a regeneration from another commit shows.
+which tests/prompts/test_official_prompts.py checks, so a hand edit or a regeneration from another commit shows.
 """
 
 from __future__ import annotations

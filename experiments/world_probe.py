@@ -8,6 +8,7 @@ model draws each category.
     python experiments/world_probe.py clean --out DIR [--steps 1500]  # text encoder + clean UNet
     python experiments/world_probe.py accuracy --weights DIR [--split test] [--per-category 6] [--num-steps 10]
     python experiments/world_probe.py clip-edits [--weights DIR] [--split test]  # the CLIP on each kind of edit
+    python experiments/world_probe.py fusion-gap --out RUN_DIR             # a method=dfusion run's targets (gate 4)
 
 `clean` resumes from DIR's checkpoints, so rerunning it with more --steps continues the same run (the cosine
 schedule is then the longer one's from the step it stopped at: not the same as a fresh longer run). It writes
@@ -171,9 +172,29 @@ def shape_forgiven(spec, image) -> bool | None:
     return judge(spec, detections).passed
 
 
+def fusion_gap(run_dir: Path) -> None:
+    """Gate 4 of world v2, from a `method=dfusion` run's metrics rows: the share of the reward gap between base
+    and reference that the fused targets close, mean over rounds, and the range of the fused masks' coverage."""
+    import json
+
+    import numpy as np
+
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "reward_target" in r]
+    if not rows:
+        raise SystemExit(f"{run_dir}/metrics.jsonl has no reward_target rows: not a method=dfusion run")
+    reference = np.mean([r["reward_reference"] - r["reward_base"] for r in rows])
+    target = np.mean([r["reward_target"] - r["reward_base"] for r in rows])
+    masks = [r["mask_fraction"] for r in rows]
+    print(f"{len(rows)} rounds: reference - base {reference:+.4f}, target - base {target:+.4f}, "
+          f"share closed {target / reference:.3f} (gate >= 0.5); mask coverage {min(masks):.3f}-{max(masks):.3f} "
+          f"(mean {np.mean(masks):.3f}; gate 0.10-0.60)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("probe", choices=["separation", "text", "speed", "clean", "accuracy", "clip-edits"])
+    parser.add_argument("probe", choices=["separation", "text", "speed", "clean", "accuracy", "clip-edits",
+                                          "fusion-gap"])
     parser.add_argument("--weights", default=None, help="a world weights directory (default: the shipped one)")
     parser.add_argument("--out", type=Path, default=Path("world_build"))
     parser.add_argument("--steps", type=int, default=None)
@@ -193,6 +214,8 @@ def main() -> None:
         clean(args.out, args.steps or 1500)
     elif args.probe == "clip-edits":
         clip_edits(args.weights, args.split)
+    elif args.probe == "fusion-gap":
+        fusion_gap(args.out)
     else:
         accuracy(args.weights, args.split, args.per_category, args.samples, args.num_steps, args.eta)
 

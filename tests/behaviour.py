@@ -1,5 +1,6 @@
 """Golden behaviour of every method and pairing on the tiny model: two rounds from fixed seeds, their metrics rows
-(without wall times) and a fingerprint of the final LoRA weights. A refactor that keeps behaviour keeps these.
+(without wall times) and a fingerprint of the final LoRA weights; AsynDM's comparison table; one fused target of
+D-Fusion. A refactor that keeps behaviour keeps these.
 
     python -m tests.behaviour      # re-record tests/golden/behaviour.json (only when a change is meant to move them)
 """
@@ -37,18 +38,61 @@ PAIRINGS = {
 }
 
 
+ASYNDM = ["method=asyndm", "prompts=asyn_animals", "model=tiny", "reward=jpeg_compressibility", "logger=none",
+          "sampler.num_steps=4", "sampler.progress=false", "trainer.enable_progress_bar=false",
+          "method.num_prompts=3", "method.images_per_prompt=2", "method.batch_size=4", "method.mask_steps=2"]
+OUTPUTS = ("asyndm_table", "fused_target")  # besides the pairings' runs
+
+
+def sums(tensors) -> dict[str, float]:
+    """Sum and sum of squares: moves with any change of the tensors."""
+    return {"sum": float(sum(t.double().sum() for t in tensors)),
+            "sum_squares": float(sum(t.double().square().sum() for t in tensors))}
+
+
 def fingerprint(run_dir: Path) -> dict[str, float]:
-    """Sum and sum of squares over the exported LoRA tensors: moves with any change of the update."""
-    tensors = load_file(run_dir / "lora" / "pytorch_lora_weights.safetensors")
-    return {"sum": float(sum(t.double().sum() for t in tensors.values())),
-            "sum_squares": float(sum(t.double().square().sum() for t in tensors.values()))}
+    """Of the exported LoRA tensors: moves with any change of the update."""
+    return sums(load_file(run_dir / "lora" / "pytorch_lora_weights.safetensors").values())
+
+
+def asyndm_table(work: Path) -> dict:
+    """method=asyndm's comparison of the three sampling variants (table.json without wall times)."""
+    train(compose_config(work / "asyndm", ASYNDM))
+    table = json.loads((work / "asyndm" / "asyndm" / "table.json").read_text())
+    return {k: v for k, v in table.items() if not k.startswith("time")}
+
+
+def fused_target(work: Path) -> dict:
+    """D-Fusion's target for one reference / base pair of the tiny model: its final latents and its mask."""
+    from alignlab.core.attention import capture_layers
+    from alignlab.core.fusion import KVFusion, fused_targets, self_attention_layers
+    from alignlab.core.token_spans import Item, ItemBatch
+    from alignlab.models import build_tiny
+    from alignlab.samplers.ddim import DDIMSampler
+
+    torch.manual_seed(0)
+    model, sampler = build_tiny(), DDIMSampler(num_steps=5, progress=False)
+    prompts, negative = ["a red circle", "a red circle"], model.encode_prompts([""])
+    seeds = [torch.Generator().manual_seed(100 + i) for i in range(2)]
+    traj = sampler.sample(model.unet, model.scheduler, model.encode_prompts(prompts), negative,
+                          model.latent_shape(2), seeds)
+    items = ItemBatch.build(model.tokenizer, prompts[:1], [[Item("circle", threshold=0.015)]])
+    capture, size = capture_layers(model.unet, model.latent_shape(1)[-2:])
+    target, masks = fused_targets(sampler, model.unet, model.scheduler, traj.index(torch.tensor([0])),
+                                  traj.index(torch.tensor([1])), negative, [torch.Generator().manual_seed(101)],
+                                  items, (1, 5), KVFusion(self_attention_layers(model.unet)), capture, size)
+    return {"final": sums([target.final]), "log_probs": target.log_probs.tolist(),
+            "mask_fraction": masks.float().mean().item()}
 
 
 def behaviour(name: str, work: Path) -> dict:
-    """One pairing's rows and fingerprint, on one thread: float sums depend on how threads split them."""
+    """One pairing's rows and fingerprint (or one of OUTPUTS), on one thread: float sums depend on how threads
+    split them."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
+        if name in OUTPUTS:
+            return {"asyndm_table": asyndm_table, "fused_target": fused_target}[name](work)
         train(compose_config(work / name, [*RUN, *PAIRINGS[name]]))
     finally:
         torch.set_num_threads(threads)
@@ -57,7 +101,7 @@ def behaviour(name: str, work: Path) -> dict:
 
 
 def main() -> None:
-    names = sys.argv[1:] or list(PAIRINGS)
+    names = sys.argv[1:] or [*PAIRINGS, *OUTPUTS]
     recorded = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
     with tempfile.TemporaryDirectory() as work:
         for name in names:

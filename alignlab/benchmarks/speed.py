@@ -185,13 +185,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--compile", default="false", help="false, true (inductor) or a torch.compile backend")
     parser.add_argument("--skip-methods", action="store_true", help="leave out the world-model method figures")
+    parser.add_argument("--quick", action="store_true",
+                        help="the smallest sizes (batch 1-2, 4 steps): checks that it runs, figures not to quote")
     parser.add_argument("--out", default="bench/results.json")
     args = parser.parse_args(argv)
     options = {"dtype": args.dtype, "device": args.device, "gradient_checkpointing": args.gradient_checkpointing,
                "compile": compile_option(args.compile)}
     cases = []
     for name in args.models.split(","):
-        small = name in SD_UNETS and args.device == "cpu"  # SD's UNet on a CPU: the smallest grid
+        small = args.quick or (name in SD_UNETS and args.device == "cpu")  # SD's UNet on a CPU: the smallest grid
         for batch, steps in [(1, 4), (2, 4)] if small else [(4, 10), (8, 10), (4, 20)]:
             row = run_case(name, batch, steps, args.repeats, args.latent, **options)
             cases.append(row)
@@ -201,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"update {row['update_peak_mib']:.0f} MiB")
     methods = {}
     if not args.skip_methods:
-        methods = method_cases(4, 10, args.repeats)
+        methods = method_cases(*((2, 4) if args.quick else (4, 10)), args.repeats)
         print(f"B²-DiffuRL: branched sampling {methods['b2_branched_over_plain']:.3f}x the time of the same images "
               f"unbranched (rows {methods['b2_expected_row_ratio']:.3f}x; peak memory "
               f"x{methods['b2_peak_memory_ratio']:.3f}); "

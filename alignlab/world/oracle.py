@@ -7,7 +7,7 @@ The background is the image's median colour when that is near white, so a tint i
 Each colour's connected components of at least MIN_AREA pixels are the objects, their shapes come
 from moments and fill, positions from centroids. The thresholds below are calibrated on renders
 (exact there) and on renders with the artefacts a generative model makes: pixel noise (sigma 0.05),
-a 3x3 box or sigma 0.5 gaussian blur, a tinted or grey background (tests/test_world_oracle.py).
+a 3x3 box or sigma 0.5 gaussian blur, a tinted or grey background (tests/world/test_world_oracle.py).
 """
 
 from __future__ import annotations

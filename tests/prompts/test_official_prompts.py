@@ -14,7 +14,7 @@ from alignlab.errors import ConfigError
 from alignlab.models.tokenizer import clip_tokenizer
 from alignlab.prompts import PromptSet
 
-PROMPTS = Path(__file__).resolve().parents[1] / "conf" / "prompts"
+PROMPTS = Path(__file__).resolve().parents[2] / "conf" / "prompts"
 # name -> (train, test, items): counted in the official JSON files
 SIZES = {"b2_t1": (45, 90, 0), "b2_t2": (40, 40, 0), "b2_t3": (40, 30, 0), "dfusion_t1": (40, 40, 140),
          "dfusion_t2": (40, 40, 80), "dfusion_t3": (40, 40, 160), "asyn_animals": (40, 0, 80),

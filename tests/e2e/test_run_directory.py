@@ -20,7 +20,7 @@ from alignlab.training.artifacts import read_metrics
 from alignlab.training.checkpoints import AtomicCheckpointIO, resume_checkpoint
 from alignlab.training.run_directory import RunLock
 from tests.hydra_app import cli, comparable, run_inprocess, same_lora
-from tests.test_checkpoints import files_in
+from tests.e2e.test_checkpoints import files_in
 
 QUIET = ("logger=none", "checkpoint.keep=2")
 

@@ -92,3 +92,34 @@ def test_the_reward_benchmark_runs_from_its_entry_point(tmp_path):
           "--out", str(tmp_path / "r.json")])
     cases = json.loads((tmp_path / "r.json").read_text())["cases"]
     assert [c["reward"] for c in cases] == ["jpeg_compressibility", "oracle"]
+
+
+def test_the_speed_benchmark_runs_from_its_entry_point(tmp_path):
+    """`make bench`'s first line at its smallest sizes: one case per (batch, steps) of the small grid, each
+    figure positive and finite, and the world's method figures with B²-DiffuRL's row ratio, which is
+    arithmetic: (S - s + K·s) / (K·S) for S = 4 steps, s = S / 2 branched, K = 5 branches."""
+    from alignlab.benchmarks.speed import main
+
+    main(["--models", "tiny", "--repeats", "1", "--quick", "--out", str(tmp_path / "s.json")])
+    written = json.loads((tmp_path / "s.json").read_text())
+    assert [(c["model"], c["batch"], c["steps"]) for c in written["cases"]] == [
+        ("tiny", 1, 4), ("tiny", 2, 4)]
+    for case in written["cases"]:
+        assert all(math.isfinite(case[k]) and case[k] > 0 for k in ("rollout_s", "update_s", "rollout_efficiency"))
+    methods = written["methods"]
+    assert methods["b2_expected_row_ratio"] == pytest.approx((4 - 2 + 5 * 2) / 20)
+    assert methods["dfusion_fused_over_plain"] > 0 and methods["b2_branched_over_plain"] > 0
+
+
+def test_the_gpu_benchmark_runs_from_its_entry_point_on_a_cpu(tmp_path):
+    """`make bench-gpu`'s SD grid at a tiny size on the CPU, bfloat16 only: two checkpointing variants × two
+    compile variants, and the checkpointed ones have no rollout column (a rollout takes no gradients)."""
+    from alignlab.benchmarks.sd import main
+
+    main(["--models", "tiny", "--latent", "8", "--batch", "1", "--steps", "2", "--repeats", "1", "--device", "cpu",
+          "--compile", "aot_eager", "--dtypes", "bfloat16", "--out", str(tmp_path / "g.json")])
+    rows = json.loads((tmp_path / "g.json").read_text())["cases"]
+    assert [(r["gradient_checkpointing"], r["compile"]) for r in rows] == [
+        (False, False), (False, "aot_eager"), (True, False), (True, "aot_eager")]
+    assert [r["rollout_s"] is None for r in rows] == [False, False, True, True]
+    assert all(r["update_images_per_s"] > 0 and r["dtype"] == "bfloat16" for r in rows)

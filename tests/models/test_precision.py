@@ -12,7 +12,7 @@ from alignlab.errors import ConfigError
 from alignlab.models import build_tiny
 from alignlab.run import check_precision, train
 from tests.hydra_app import compose_config, run_inprocess
-from tests.test_b2diffurl import E2E as B2_ROUND
+from tests.methods.test_b2diffurl import E2E as B2_ROUND
 
 BF16 = ["model.dtype=bfloat16", "trainer.precision=bf16-mixed", "trainer.max_epochs=1", "logger=none"]
 

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf, open_dict
 from alignlab.run import train
 from tests.hydra_app import FAST, compose_config
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "extending.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "extending.md"
 
 
 def test_extending_examples_run_and_plug_into_a_round(tmp_path, monkeypatch):

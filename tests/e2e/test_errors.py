@@ -20,7 +20,7 @@ from alignlab.errors import ConfigError
 from alignlab.methods.ddpo import DDPO
 from tests.hydra_app import start_cli
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TABLE = ROOT / "docs" / "errors.md"
 CLI_ROWS = {
     "method=no_such_method",

@@ -169,3 +169,30 @@ def test_world_clip_pretraining_runs_and_its_weights_load(tmp_path):
     assert any(not torch.allclose(initial[k].half(), trained[k]) for k in trained)
     scores = ClipScore(NAME, str(path))(render_batch(all_specs()[:2], np.random.default_rng(0)), ["a red circle"] * 2)
     assert scores.shape == (2,) and torch.isfinite(scores).all()
+
+
+def test_make_world_builds_installs_and_a_rerun_skips_finished_stages(tmp_path, monkeypatch):
+    """`python -m alignlab.world.build --install` (= make world) at a tiny size: the CLIP and the text-to-image
+    stages write their weights, --install copies exactly those four files into the package's weights folder, and
+    a rerun finds every stage finished: no step trained again, the same bytes everywhere."""
+    from functools import partial
+
+    import alignlab.world.build as build
+    from alignlab.world.clip import CLIP, train_clip
+
+    tiny = dict(batch_size=4, warmup=1, save_every=1)
+    monkeypatch.setattr(build, "train_clip", partial(train_clip, config=replace(CLIP, steps=2, **tiny)))
+    phases = tuple((stage, replace(config, steps=2, **tiny), noise) for stage, config, noise in T2I)
+    monkeypatch.setattr(build, "train_t2i", partial(train_t2i, phases=phases, text=replace(TEXT, steps=2, **tiny)))
+    monkeypatch.setattr(build, "WEIGHTS", tmp_path / "installed")
+    out = tmp_path / "build"
+    build.main(["--out", str(out), "--install", "--skip-report"])
+    installed = {p.name: p.read_bytes() for p in (tmp_path / "installed").iterdir()}
+    assert sorted(installed) == ["text_encoder.safetensors", "unet.json", "unet.safetensors", "world_clip.safetensors"]
+    built = {p.name: p.read_bytes() for p in out.rglob("*") if p.name in installed}
+    assert built == installed
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert {p.name for p in files} >= {"clip_loss.jsonl", "t2i_loss.jsonl", "text_loss.jsonl"}
+    monkeypatch.setattr(pretraining, "step_generators", lambda *args: pytest.fail("a finished stage trained again"))
+    build.main(["--out", str(out), "--skip-report"])
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files

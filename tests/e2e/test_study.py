@@ -13,7 +13,7 @@ import pytest
 from alignlab.training.artifacts import read_metrics
 from alignlab.world.grammar import spec_of
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "experiments"))
 import study_runs  # noqa: E402
 from study_tables import paired_gains, signed_cell  # noqa: E402

@@ -1,6 +1,8 @@
 """World v2's minimal edits: the minimal pairs the encoders must separate, the pre-training caption noise,
 the text encoder's structure labels, and the text encoders' separation measured over the grammar."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -188,3 +190,24 @@ def test_report_measures_the_shipped_encoders_separation():
     assert [round(rows[k]["clip_cosine_max"], 3) for k in KINDS] == [0.891, 0.673, 0.879]
     assert all(rows[k]["t2i_difference_min"] >= 0.2 and rows[k]["clip_cosine_max"] <= 0.95 for k in KINDS)  # gate 6
     assert set(encoder_separation(model)["count"]) == {"pairs", "t2i_difference_min", "t2i_difference_mean"}
+
+
+def test_the_world_report_runs_from_its_entry_point(tmp_path):
+    """`python -m alignlab.world.report` at its smallest sizes on the shipped weights: every category of both
+    splits at the asked size, the loss plot from the build directory's logs, and caption retrieval on its fixed
+    256 renders at the shipped CLIP's golden value (228 of 256, docs/world.md's 0.891)."""
+    from alignlab.world.grammar import CATEGORIES
+    from alignlab.world.report import main
+
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / "clip_loss.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n')
+    out = tmp_path / "report"
+    main(["--out", str(out), "--build-dir", str(build), "--per-category", "1", "--samples-per-prompt", "2",
+          "--num-steps", "2"])
+    numbers = json.loads((out / "report.json").read_text())
+    for split in ("train", "test"):
+        assert {c: (numbers[split][c]["prompts"], numbers[split][c]["images"]) for c in CATEGORIES} == {
+            c: (1, 2) for c in CATEGORIES}
+    assert numbers["retrieval_renders"] * 256 == 228
+    assert (out / "losses.png").is_file() and all((out / f"samples_{c}.png").is_file() for c in CATEGORIES)

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from alignlab.run import main
 from alignlab.sweeps import SweepSummary
 from tests.hydra_app import FAST, compose_config
-from tests.test_run import cli
+from tests.e2e.test_run import cli
 
 TINY_SWEEP = [*FAST, "trainer.max_epochs=1", "logger=none", "prompts=simple"]
 
