@@ -56,6 +56,7 @@ class DDPOConfig:
     stat_buffer_size: int = 16
     stat_min_count: int = 16
     log_images: int = 16
+    objective: Any = None  # {_target_: ...}: another objective for this round builder (docs/extending.md)
 
 
 @dataclass
@@ -75,6 +76,7 @@ class DPOConfig:
     max_grad_norm: float = 1.0
     train_cfg: bool = True
     log_images: int = 16
+    objective: Any = None  # {_target_: ...}: another objective for this round builder (docs/extending.md)
 
 
 @dataclass
@@ -121,6 +123,7 @@ class B2DiffuRLConfig:
     max_grad_norm: float = 1.0
     train_cfg: bool = True
     log_images: int = 16
+    objective: Any = None  # {_target_: ...}: another objective for this round builder (docs/extending.md)
 
 
 @dataclass

@@ -23,7 +23,7 @@ import torch
 
 import alignlab  # noqa: F401
 from alignlab.benchmarks.memory import peaks
-from alignlab.core.ppo import ppo_clip_loss
+from alignlab.objectives.ppo_clip import ppo_clip_loss
 from alignlab.samplers.ddim import DDIMSampler, guided_noise
 from alignlab.models import add_lora, build_tiny
 from alignlab.models.diffusion import DiffusionModel, torch_dtype

@@ -11,7 +11,7 @@ from alignlab.core.branching import branch_sample
 from alignlab.core.stages import StageZScores, select_siblings, split_step
 from alignlab.errors import ConfigError
 from alignlab.methods.ddpo import DDPO
-from alignlab.methods.dpo import DPO
+from alignlab.objectives import PPOClip, TrajectoryDPO
 
 
 class B2DiffuRL(DDPO):
@@ -20,7 +20,8 @@ class B2DiffuRL(DDPO):
     steps only. The branched tail grows from `split_step_min` to `split_step_max` steps over `num_stages`.
 
     `sample_batch_size` counts prompts (families) per batch: a batch holds sample_batch_size · K images.
-    Everything else (loss, accumulation, optimizer step, diagnostics) is DDPO's.
+    Everything else (accumulation, optimizer step, diagnostics) is DDPO's; the objective is PPO-clip without
+    an advantage clip in the loss (the z-scores are clipped before the beta weights, as the official trainer).
     """
 
     def __init__(
@@ -44,11 +45,12 @@ class B2DiffuRL(DDPO):
         train_batch_size: int = 2,
         num_inner_epochs: int = 2,
         clip_range: float = 0.1,
+        objective=None,
         **ddpo_options,
     ):
         super().__init__(model, sampler, reward, optimizer, prompts, seed, train_batch_size=train_batch_size,
                          num_inner_epochs=num_inner_epochs, clip_range=clip_range, per_prompt_stat_tracking=False,
-                         **ddpo_options)
+                         objective=objective or PPOClip(clip_range, math.inf), **ddpo_options)
         steps = sampler.num_steps
         if num_branches < 2:
             raise ConfigError(f"method.num_branches must be >= 2 so that siblings can be compared, got {num_branches}")
@@ -116,11 +118,6 @@ class B2DiffuRL(DDPO):
         self.stats["kept_negative"].append(float((~is_best).sum()))
         return batches
 
-    @property
-    def advantage_limit(self) -> float:
-        """None in the loss: z was clipped before the beta weights, and the official trainer clips only there."""
-        return math.inf
-
     def keep_showcase(self, images: torch.Tensor, prompts: list[str], rewards: torch.Tensor) -> None:
         """Whole branch families, one grid row each, so siblings are seen side by side."""
         n = max(1, self.log_images // self.num_branches) * self.num_branches
@@ -139,17 +136,13 @@ class B2DiffuRL(DDPO):
 class B2DiffuRLDPO(B2DiffuRL):
     """B²-DiffuRL's branching and selection with a preference loss: in each family whose best AND worst
     siblings pass the thresholds, the two share their prefix and differ only on the branched steps —
-    a natural preference pair. Trained with D-Fusion's trajectory DPO on the branched interval, against
-    the frozen reference (DPO's own update code, not a copy)."""
+    a natural preference pair. Trained with D-Fusion's trajectory DPO (alignlab/objectives/trajectory_dpo.py)
+    on the branched interval, against the frozen reference."""
 
-    needs_reference = True
-    trajectory_update = DPO.trajectory_update
-    reference_log_probs = DPO.reference_log_probs
-    record = DPO.record
+    round_makes = "pairs"
 
-    def __init__(self, *args, beta: float = 0.1, dpo_clip_eps: float | None = 0.1, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.beta, self.clip_eps = beta, dpo_clip_eps
+    def __init__(self, *args, beta: float = 0.1, dpo_clip_eps: float | None = 0.1, objective=None, **kwargs):
+        super().__init__(*args, objective=objective or TrajectoryDPO(beta, dpo_clip_eps), **kwargs)
 
     def micro_batches_per_round(self) -> int:
         """The bound: one pair per family."""
@@ -172,7 +165,6 @@ class B2DiffuRLDPO(B2DiffuRL):
             batch["pairs"] = batch.pop("rows")
         pairs = torch.arange(len(winners), device=self.device)
         self.buffer = {"traj": kept, "winners": pairs, "losers": pairs + len(winners),
-                       "ref_log_probs": self.reference_log_probs(kept) if len(winners) else None,
                        "negative": self.model.encode_prompts([""]), "micro_batches": len(batches)}
         self.log_rollout(images, prompts, rewards, round_rewards)
         self.stats["split_step"].append(float(self.split_step))
@@ -181,11 +173,6 @@ class B2DiffuRLDPO(B2DiffuRL):
             self.stats["reward_winner"].append(rewards[winners].mean().item())
             self.stats["reward_loser"].append(rewards[losers].mean().item())
         return batches
-
-    def train_micro_batch(self, batch: dict, batch_idx: int) -> None:
-        pairs = batch["pairs"]
-        self.trajectory_update(self.buffer["winners"][pairs], self.buffer["losers"][pairs], batch["steps"])
-        self.after_micro_batch(batch_idx)
 
 
 def b2diffurl(algo: str = "ddpo", **kwargs):

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from alignlab.eval.judge import judge_images, oracle_stats
 from alignlab.samplers.ddim import Trajectory
 from alignlab.core.token_spans import ItemBatch
-from alignlab.errors import AlignlabError
+from alignlab.errors import AlignlabError, ConfigError
 from alignlab.methods.rounds import round_loader
 from alignlab.models import require_reference, trainable_parameters
 
@@ -35,8 +35,9 @@ def warn_if_cut(tokenizer, prompts: list[str]) -> list[str]:
 class RLMethod(L.LightningModule):
     """A LightningModule whose epochs are RL rounds (manual optimisation).
 
-    Subclasses implement `start_round()` (rollout, rewards, targets -> list of micro-batches),
-    `micro_batches_per_round()`, `train_micro_batch()` and `backward_passes_per_micro_batch()`. Randomness
+    A method is a round builder with an objective (alignlab/objectives): subclasses implement `start_round()`
+    (rollout, rewards, targets -> `self.buffer` and a list of micro-batches) and `micro_batches_per_round()`;
+    the objective prepares the round and trains each micro-batch. Randomness
     is drawn from generators seeded by (seed, round, rank, stream), so a resumed run replays exactly what
     an uninterrupted one does. `round_index` (rounds completed) is our own checkpointed counter:
     Lightning's `current_epoch` is not yet restored when a resumed run's first round starts.
@@ -46,11 +47,11 @@ class RLMethod(L.LightningModule):
     normalised, and every rank runs as many micro-batches as the busiest one.
     """
 
-    needs_reference = False  # True: the update compares with the frozen pre-trained model (frozen_reference)
+    round_makes = "advantages"  # or "pairs": what start_round() puts in the buffer for the objective
     evaluation_only = False  # True: nothing to train; alignlab.run calls trainer.test (method=asyndm)
 
     def __init__(self, model, sampler, reward, optimizer, prompts, seed: int = 0, log_images: int = 16,
-                 gradient_accumulation_steps: int = 1, max_grad_norm: float = 1.0):
+                 gradient_accumulation_steps: int = 1, max_grad_norm: float = 1.0, objective=None):
         super().__init__()
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints hold the trainable parameters only
@@ -63,7 +64,11 @@ class RLMethod(L.LightningModule):
         self.grad_accum, self.max_grad_norm = gradient_accumulation_steps, max_grad_norm
         self.first_row = 0  # global index of this rank's first sample row this round (share_of_round)
         self.idle_batches = 0  # this round's padding micro-batches (round_batches)
-        if self.needs_reference:
+        self.objective = objective  # None: nothing to train (evaluation_only)
+        if objective is not None and objective.trains_on != self.round_makes:
+            raise ConfigError(f"method.objective: {type(objective).__name__} trains on {objective.trains_on} and "
+                              f"{type(self).__name__}'s rounds make {self.round_makes}")
+        if objective is not None and objective.needs_reference:
             require_reference(model)
         if sampler.needs_items and not self.evaluation_only:
             sampler.check_prompts(prompts, "train", prompts.train)  # (AsynDM checks the split it evaluates)
@@ -110,6 +115,7 @@ class RLMethod(L.LightningModule):
         all-reduces gradients across ranks, so all ranks must make as many."""
         with self.model.autocast():  # the update runs under the trainer's matching autocast (run.check_precision)
             batches = self.start_round()
+            self.objective.prepare(self)
         most = len(batches)
         if self.world_size > 1:
             most = int(self.trainer.strategy.reduce(torch.tensor(most, device=self.device), reduce_op="max"))
@@ -187,12 +193,15 @@ class RLMethod(L.LightningModule):
         if batch.get("idle"):
             self.idle_step(batch_idx)
         else:
-            self.train_micro_batch(batch, batch_idx)
+            start = time.perf_counter()
+            self.objective.train(self, batch)
+            self.after_micro_batch(batch_idx)
+            self.stats["time_update"].append(time.perf_counter() - start)
 
     def idle_step(self, batch_idx: int) -> None:
         """A padding micro-batch: zero-gradient backward passes, as many as a real micro-batch makes, so that
         this rank joins the other ranks' gradient all-reduces and optimizer steps."""
-        for _ in range(self.backward_passes_per_micro_batch()):
+        for _ in range(self.objective.backward_passes(self)):
             self.manual_backward(sum(p.sum() for p in trainable_parameters(self.model)) * 0.0)
         self.after_micro_batch(batch_idx)
 

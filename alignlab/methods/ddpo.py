@@ -1,16 +1,16 @@
-"""DDPO (Black et al.): PPO-clip on every denoising step of fresh rollouts (docs/design.md)."""
+"""DDPO (Black et al.): fresh rollouts, per-prompt normalised rewards as advantages, trained by PPO-clip
+(alignlab/objectives/ppo_clip.py) on every denoising step or a window of them (docs/design.md)."""
 
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 
 from alignlab.core.advantages import PerPromptStatTracker, batch_zscore
-from alignlab.core.ppo import ppo_clip_loss
 from alignlab.errors import ConfigError
 from alignlab.methods.base import RLMethod
+from alignlab.objectives import PPOClip
 
 
 class DDPO(RLMethod):
@@ -38,9 +38,11 @@ class DDPO(RLMethod):
         stat_buffer_size: int = 16,
         stat_min_count: int = 16,
         log_images: int = 16,
+        objective=None,
     ):
+        """`objective`: PPO-clip with DDPO's advantage clip unless a subclass gives another."""
         super().__init__(model, sampler, reward, optimizer, prompts, seed, log_images,
-                         gradient_accumulation_steps, max_grad_norm)
+                         gradient_accumulation_steps, max_grad_norm, objective or PPOClip(clip_range, adv_clip_max))
         for key, value in [("sample_batch_size", sample_batch_size), ("num_batches_per_round", num_batches_per_round),
                            ("train_batch_size", train_batch_size), ("num_inner_epochs", num_inner_epochs),
                            ("gradient_accumulation_steps", gradient_accumulation_steps),
@@ -68,7 +70,7 @@ class DDPO(RLMethod):
         self.sample_batch_size, self.num_batches_per_round = sample_batch_size, num_batches_per_round
         self.train_batch_size = train_batch_size
         self.num_inner_epochs, self.timestep_fraction = num_inner_epochs, timestep_fraction
-        self.clip_range, self.adv_clip_max = clip_range, adv_clip_max
+        self.adv_clip_max = adv_clip_max
         self.train_guidance = sampler.guidance_scale if train_cfg else 1.0
         self.tracker = PerPromptStatTracker(stat_buffer_size, stat_min_count) if per_prompt_stat_tracking else None
         self.buffer: dict = {}
@@ -134,31 +136,6 @@ class DDPO(RLMethod):
                 rows = order[first : first + self.train_batch_size]
                 batches.append({"rows": rows, "steps": step_order[rows, : self.train_timesteps]})
         return batches
-
-    def backward_passes_per_micro_batch(self) -> int:
-        return self.train_timesteps
-
-    @property
-    def advantage_limit(self) -> float:
-        """The loss clips the advantages to +-adv_clip_max (ddpo-pytorch)."""
-        return self.adv_clip_max
-
-    def train_micro_batch(self, batch: dict, batch_idx: int) -> None:
-        start = time.perf_counter()
-        traj = self.buffer["traj"].index(batch["rows"])
-        advantages = self.buffer["advantages"][batch["rows"]]
-        scale = 1.0 / (self.grad_accum * batch["steps"].shape[1])
-        for column in batch["steps"].T:
-            log_prob = self.sampler.step_log_prob(self.model.unet, self.model.scheduler, traj, column,
-                                                  self.buffer["negative"], self.train_guidance)
-            rows = torch.arange(len(column), device=column.device)
-            stats = ppo_clip_loss(log_prob, traj.log_probs[rows, column], advantages, self.clip_range,
-                                  self.advantage_limit)
-            self.manual_backward(stats.loss * scale)
-            for key in ("loss", "approx_kl", "clipfrac"):
-                self.stats[key].append(getattr(stats, key).item())
-        self.after_micro_batch(batch_idx)
-        self.stats["time_update"].append(time.perf_counter() - start)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)

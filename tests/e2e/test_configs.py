@@ -79,3 +79,20 @@ def test_schema_rejects_wrong_types_and_unknown_keys(tmp_path):
         compose_config(tmp_path, ["sampler.num_steps=many"])
     with pytest.raises(ConfigCompositionException, match="no_such_key"):
         compose_config(tmp_path, ["method.no_such_key=1"])
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["method=b2diffurl", "method.objective={_target_:alignlab.objectives.PPOClip,clip_range:0.2}"],
+     ("PPOClip", "clip_range", 0.2)),
+    (["method=dpo", "method.objective={_target_:alignlab.objectives.TrajectoryDPO,beta:0.2}"],
+     ("TrajectoryDPO", "beta", 0.2)),
+    (["method=dfusion", "method.algo=ddpo"], ("PPOClip", "clip_range", 1e-4)),
+    (["method=b2diffurl", "method.algo=dpo"], ("TrajectoryDPO", "beta", 0.1)),
+    (["method=dpo", "method.loss=diffusion_dpo"], ("DiffusionDPO", "beta_dpo", 2500.0)),
+])
+def test_the_objective_is_the_configs_own_or_method_objective(overrides, expected, tmp_path):
+    """Each round builder trains with the objective its preset names, and `method.objective` replaces it with
+    its own settings (docs/extending.md, "An objective")."""
+    method, _ = build(compose_config(tmp_path, ["model=tiny", "reward=jpeg_compressibility", *overrides]), tmp_path)
+    name, key, value = expected
+    assert type(method.objective).__name__ == name and getattr(method.objective, key) == value

@@ -16,7 +16,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "extending.md"
 
 def test_extending_examples_run_and_plug_into_a_round(tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
-    assert len(blocks) == 3  # a reward, a prompt set with a judge, a sampler
+    assert len(blocks) == 4  # a reward, a prompt set with a judge, a sampler, an objective
     (tmp_path / "extending_examples.py").write_text("\n\n".join(blocks))
     monkeypatch.syspath_prepend(str(tmp_path))
     examples = importlib.import_module("extending_examples")  # runs every block's assertions
@@ -28,8 +28,10 @@ def test_extending_examples_run_and_plug_into_a_round(tmp_path, monkeypatch):
     with open_dict(cfg):  # what conf/prompts/colours.yaml and conf/sampler/gentle.yaml would hold
         cfg.prompts = OmegaConf.create({"_target_": "extending_examples.colour_prompts"})
         cfg.sampler._target_ = "extending_examples.GentleGuidance"
+        cfg.method.objective = {"_target_": "extending_examples.Reinforce"}
     train(cfg)
     row = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
     assert 0 < row["reward_mean"] < 1  # brightness, not the JPEG reward's negative kilobytes
+    assert row["grad_norm"] > 0 and "clipfrac" not in row  # REINFORCE trained the round, not PPO-clip
     assert 0 <= row["oracle_accuracy"] <= 1 and "oracle_score" in row  # the prompt set's judge reached the round
     sys.modules.pop("extending_examples", None)

@@ -175,7 +175,7 @@ def test_round_keeps_best_and_worst_with_weighted_clipped_advantages(method_fact
 def test_the_beta_weighted_advantage_reaches_the_loss_unclipped(method_factory):
     """As the official trainer: z is clipped, then weighted by beta, and the PPO loss does not clip again
     (DDPO's clips there): at ratio 1 the loss is -mean(clip(z) * beta), here with 1.5 * 2 = 3 > adv_clip_max."""
-    from alignlab.core.ppo import ppo_clip_loss
+    from alignlab.objectives.ppo_clip import ppo_clip_loss
 
     method = method_factory(reward=ScriptedReward([1.0, 2.0, 9.0, 4.0, 4.0, 4.0]), split_step_min=1,
                             split_step_max=4, num_stages=2, num_branches=3, sample_batch_size=2,
@@ -183,7 +183,7 @@ def test_the_beta_weighted_advantage_reaches_the_loss_unclipped(method_factory):
     method.start_round()
     advantages = method.buffer["advantages"]
     zeros = torch.zeros(len(advantages))
-    loss = ppo_clip_loss(zeros, zeros, advantages, method.clip_range, method.advantage_limit).loss
+    loss = ppo_clip_loss(zeros, zeros, advantages, method.objective.clip_range, method.objective.advantage_limit).loss
     assert loss.item() == pytest.approx(-advantages.mean().item()) and advantages.max().item() == pytest.approx(3.0)
 
 

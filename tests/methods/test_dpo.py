@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from alignlab.core.dpo import trajectory_dpo_loss
+from alignlab.objectives.trajectory_dpo import trajectory_dpo_loss
 from alignlab.samplers.ddim import DDIMSampler
 from alignlab.models import add_lora, frozen_reference, trainable_parameters
 from alignlab.run import train

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from alignlab.core.advantages import PerPromptStatTracker, batch_zscore
-from alignlab.core.ppo import ppo_clip_loss
+from alignlab.objectives.ppo_clip import ppo_clip_loss
 from alignlab.samplers.ddim import DDIMSampler
 from alignlab.models import add_lora, trainable_parameters
 
