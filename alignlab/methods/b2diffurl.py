@@ -16,13 +16,18 @@ from alignlab.objectives import PPOClip, TrajectoryDPO
 
 class B2DiffuRL(DDPO):
     """DDPO whose rounds branch each prompt's rollout into K siblings over the last `split_step` steps,
-    keep the best / worst sibling of each family by per-prompt z-score, and train PPO-clip on the branched
-    steps only. The branched tail grows from `split_step_min` to `split_step_max` steps over `num_stages`.
+    keep the best / worst sibling of each family by per-prompt z-score, and train on the branched steps only.
+    The branched tail grows from `split_step_min` to `split_step_max` steps over `num_stages`.
 
-    `sample_batch_size` counts prompts (families) per batch: a batch holds sample_batch_size · K images.
-    Everything else (accumulation, optimizer step, diagnostics) is DDPO's; the objective is PPO-clip without
-    an advantage clip in the loss (the z-scores are clipped before the beta weights, as the official trainer).
+    With an objective that trains on advantages (the paper: PPO-clip without an advantage clip in the loss, the
+    z-scores being clipped before the beta weights, as the official trainer) the kept siblings carry their
+    weighted z-scores; with one that trains on pairs (`method.algo=dpo`: trajectory DPO against the frozen
+    reference) each family's best and worst sibling form a pair. `sample_batch_size` counts prompts (families)
+    per batch: a batch holds sample_batch_size · K images. Everything else (accumulation, optimizer step,
+    diagnostics) is DDPO's.
     """
+
+    round_makes = ("advantages", "pairs")
 
     def __init__(
         self,
@@ -80,8 +85,10 @@ class B2DiffuRL(DDPO):
         return self.sampler.num_steps - self.split_step, self.sampler.num_steps
 
     def micro_batches_per_round(self) -> int:
-        """The bound, with both siblings of every family kept: Lightning plans every epoch with it."""
-        return self.num_inner_epochs * math.ceil(2 * self.samples_per_round / self.train_batch_size)
+        """The bound, with both siblings of every family kept (one pair per family for a preference objective):
+        Lightning plans every epoch with it."""
+        kept = 2 if self.objective.trains_on == "advantages" else 1
+        return self.num_inner_epochs * math.ceil(kept * self.samples_per_round / self.train_batch_size)
 
     def family_prompts(self) -> list[str]:
         """This rank's share of the round's prompts, each repeated K times (one per sibling). Noise comes from
@@ -106,16 +113,46 @@ class B2DiffuRL(DDPO):
         traj, rewards, images = self.rollout(prompts, self.sample_batch_size * k, self.generator(2))
         round_prompts, round_rewards, mine = self.gather_round(prompts, rewards)
         z = self.zscores.update(round_prompts, round_rewards)[mine]
-        rows, is_best = select_siblings(z.view(-1, k), self.pos_threshold, self.neg_threshold)
-        kept_z = z[rows].clamp(-self.adv_clip_max, self.adv_clip_max)
+        if self.objective.trains_on == "pairs":
+            batches = self.pair_round(traj, rewards, z.view(-1, k))
+        else:
+            batches = self.sibling_round(traj, z.view(-1, k))
+        self.log_rollout(images, prompts, rewards, round_rewards)
+        self.stats["split_step"].append(float(self.split_step))
+        return batches
+
+    def sibling_round(self, traj, z: torch.Tensor) -> list[dict]:
+        """The paper's round: each family's best sibling when z >= pos_threshold and worst when z < neg_threshold,
+        with its z-score clipped and weighted by beta1 / beta2 as the advantage."""
+        rows, is_best = select_siblings(z, self.pos_threshold, self.neg_threshold)
+        kept_z = z.flatten()[rows].clamp(-self.adv_clip_max, self.adv_clip_max)
         weight = torch.where(kept_z > 0, self.beta1, self.beta2)  # by sign, as the official trainer does
         batches = self.micro_batches(len(rows), self.generator(1)) if len(rows) else []
         self.buffer = {"traj": traj.index(rows), "advantages": kept_z * weight,
                        "negative": self.model.encode_prompts([""]), "micro_batches": len(batches)}
-        self.log_rollout(images, prompts, rewards, round_rewards)
-        self.stats["split_step"].append(float(self.split_step))
         self.stats["kept_positive"].append(float(is_best.sum()))
         self.stats["kept_negative"].append(float((~is_best).sum()))
+        return batches
+
+    def pair_round(self, traj, rewards: torch.Tensor, z: torch.Tensor) -> list[dict]:
+        """Preference pairs: in each family whose best AND worst siblings pass the thresholds, the two share their
+        prefix and differ only on the branched steps — a natural preference pair."""
+        k = self.num_branches
+        families = torch.arange(z.shape[0])
+        best, worst = z.argmax(dim=1), z.argmin(dim=1)
+        paired = (z[families, best] >= self.pos_threshold) & (z[families, worst] < self.neg_threshold)
+        winners, losers = (families * k + best)[paired], (families * k + worst)[paired]
+        kept = traj.index(torch.cat([winners, losers]).to(traj.latents.device))
+        batches = self.micro_batches(len(winners), self.generator(1)) if len(winners) else []
+        for batch in batches:
+            batch["pairs"] = batch.pop("rows")
+        pairs = torch.arange(len(winners), device=self.device)
+        self.buffer = {"traj": kept, "winners": pairs, "losers": pairs + len(winners),
+                       "negative": self.model.encode_prompts([""]), "micro_batches": len(batches)}
+        self.stats["pairs"].append(float(len(winners)))
+        if len(winners):
+            self.stats["reward_winner"].append(rewards[winners].mean().item())
+            self.stats["reward_loser"].append(rewards[losers].mean().item())
         return batches
 
     def keep_showcase(self, images: torch.Tensor, prompts: list[str], rewards: torch.Tensor) -> None:
@@ -133,55 +170,11 @@ class B2DiffuRL(DDPO):
         self.zscores.load_state_dict(checkpoint["zscore_history"])
 
 
-class B2DiffuRLDPO(B2DiffuRL):
-    """B²-DiffuRL's branching and selection with a preference loss: in each family whose best AND worst
-    siblings pass the thresholds, the two share their prefix and differ only on the branched steps —
-    a natural preference pair. Trained with D-Fusion's trajectory DPO (alignlab/objectives/trajectory_dpo.py)
-    on the branched interval, against the frozen reference."""
-
-    round_makes = "pairs"
-
-    def __init__(self, *args, beta: float = 0.1, dpo_clip_eps: float | None = 0.1, objective=None, **kwargs):
-        super().__init__(*args, objective=objective or TrajectoryDPO(beta, dpo_clip_eps), **kwargs)
-
-    def micro_batches_per_round(self) -> int:
-        """The bound: one pair per family."""
-        return self.num_inner_epochs * math.ceil(self.samples_per_round / self.train_batch_size)
-
-    def start_round(self) -> list[dict]:
-        k = self.num_branches
-        prompts = self.family_prompts()
-        traj, rewards, images = self.rollout(prompts, self.sample_batch_size * k, self.generator(2))
-        round_prompts, round_rewards, mine = self.gather_round(prompts, rewards)
-        z = self.zscores.update(round_prompts, round_rewards)[mine].view(-1, k)
-        families = torch.arange(z.shape[0])
-        best, worst = z.argmax(dim=1), z.argmin(dim=1)
-        paired = (z[families, best] >= self.pos_threshold) & (z[families, worst] < self.neg_threshold)
-        winners, losers = (families * k + best)[paired], (families * k + worst)[paired]
-        rows = torch.cat([winners, losers])
-        kept = traj.index(rows.to(traj.latents.device))
-        batches = self.micro_batches(len(winners), self.generator(1)) if len(winners) else []
-        for batch in batches:
-            batch["pairs"] = batch.pop("rows")
-        pairs = torch.arange(len(winners), device=self.device)
-        self.buffer = {"traj": kept, "winners": pairs, "losers": pairs + len(winners),
-                       "negative": self.model.encode_prompts([""]), "micro_batches": len(batches)}
-        self.log_rollout(images, prompts, rewards, round_rewards)
-        self.stats["split_step"].append(float(self.split_step))
-        self.stats["pairs"].append(float(len(winners)))
-        if len(winners):
-            self.stats["reward_winner"].append(rewards[winners].mean().item())
-            self.stats["reward_loser"].append(rewards[losers].mean().item())
-        return batches
-
-
-def b2diffurl(algo: str = "ddpo", **kwargs):
-    """`method=b2diffurl`: the paper's PPO-clip update, or with `method.algo=dpo` the preference one.
-    The DPO-only keys (beta, dpo_clip_eps) are ignored by the paper's variant."""
-    if algo == "ddpo":
-        kwargs.pop("beta", None)
-        kwargs.pop("dpo_clip_eps", None)
-        return B2DiffuRL(**kwargs)
-    if algo == "dpo":
-        return B2DiffuRLDPO(**kwargs)
-    raise ConfigError(f"method.algo must be ddpo or dpo, got {algo!r}")
+def b2diffurl(algo: str = "ddpo", beta: float = 0.1, dpo_clip_eps: float | None = 0.1, objective=None, **kwargs):
+    """`method=b2diffurl`: the paper's PPO-clip objective, or with `method.algo=dpo` trajectory DPO on
+    best/worst sibling pairs (beta, dpo_clip_eps); `method.objective` replaces either."""
+    if algo not in ("ddpo", "dpo"):
+        raise ConfigError(f"method.algo must be ddpo or dpo, got {algo!r}")
+    if objective is None and algo == "dpo":
+        objective = TrajectoryDPO(beta, dpo_clip_eps)
+    return B2DiffuRL(objective=objective, **kwargs)

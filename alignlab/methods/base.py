@@ -47,7 +47,7 @@ class RLMethod(L.LightningModule):
     normalised, and every rank runs as many micro-batches as the busiest one.
     """
 
-    round_makes = "advantages"  # or "pairs": what start_round() puts in the buffer for the objective
+    round_makes = ("advantages",)  # and/or "pairs": what start_round() can put in the buffer for the objective
     evaluation_only = False  # True: nothing to train; alignlab.run calls trainer.test (method=asyndm)
 
     def __init__(self, model, sampler, reward, optimizer, prompts, seed: int = 0, log_images: int = 16,
@@ -65,9 +65,9 @@ class RLMethod(L.LightningModule):
         self.first_row = 0  # global index of this rank's first sample row this round (share_of_round)
         self.idle_batches = 0  # this round's padding micro-batches (round_batches)
         self.objective = objective  # None: nothing to train (evaluation_only)
-        if objective is not None and objective.trains_on != self.round_makes:
+        if objective is not None and objective.trains_on not in self.round_makes:
             raise ConfigError(f"method.objective: {type(objective).__name__} trains on {objective.trains_on} and "
-                              f"{type(self).__name__}'s rounds make {self.round_makes}")
+                              f"{type(self).__name__}'s rounds make {' or '.join(self.round_makes)}")
         if objective is not None and objective.needs_reference:
             require_reference(model)
         if sampler.needs_items and not self.evaluation_only:

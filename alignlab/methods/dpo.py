@@ -24,7 +24,7 @@ LOSSES = ("trajectory", "diffusion_dpo")
 
 
 class DPO(RLMethod):
-    round_makes = "pairs"
+    round_makes = ("pairs",)
 
     def __init__(
         self,
