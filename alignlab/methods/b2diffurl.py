@@ -144,8 +144,6 @@ class B2DiffuRL(DDPO):
         winners, losers = (families * k + best)[paired], (families * k + worst)[paired]
         kept = traj.index(torch.cat([winners, losers]).to(traj.latents.device))
         batches = self.micro_batches(len(winners), self.generator(1)) if len(winners) else []
-        for batch in batches:
-            batch["pairs"] = batch.pop("rows")
         pairs = torch.arange(len(winners), device=self.device)
         self.buffer = {"traj": kept, "winners": pairs, "losers": pairs + len(winners),
                        "negative": self.model.encode_prompts([""]), "micro_batches": len(batches)}

@@ -178,6 +178,39 @@ class RLMethod(L.LightningModule):
         generators = [self.generator(2, row) for row in range(len(prompts))]
         return (prompts, *self.rollout(prompts, batch_size, generators))
 
+    # -- micro-batches --------------------------------------------------------------------------
+    @property
+    def trained_interval(self) -> tuple[int, int]:
+        """Step indices [first, end) the update trains: every step unless a round builder narrows them (DDPO's
+        step_window / early_share, B²-DiffuRL's branched tail)."""
+        return 0, self.sampler.num_steps
+
+    @property
+    def train_timesteps(self) -> int:
+        """Steps each row trains per micro-batch: `timestep_fraction` of the trained interval, at least one."""
+        first, end = self.trained_interval
+        return max(1, int((end - first) * self.timestep_fraction))
+
+    def micro_batches(self, total: int, generator: torch.Generator) -> list[dict]:
+        """`num_inner_epochs` passes over `total` rows (samples, or pairs for a preference objective) in shuffled
+        micro-batches of `train_batch_size`, each row with a random order of the trained steps; for an objective
+        that re-noises final latents (Diffusion-DPO), a timestep and noise per row."""
+        first_step, end_step = self.trained_interval
+        train_t = self.model.scheduler.config.num_train_timesteps
+        batches = []
+        for _ in range(self.num_inner_epochs):
+            order = torch.randperm(total, generator=generator)
+            step_order = first_step + torch.stack(
+                [torch.randperm(end_step - first_step, generator=generator) for _ in range(total)])
+            for first in range(0, total, self.train_batch_size):
+                rows = order[first : first + self.train_batch_size]
+                batch = {"rows": rows, "steps": step_order[rows, : self.train_timesteps]}
+                if self.objective.renoised:
+                    batch["t"] = torch.randint(train_t, (len(rows),), generator=generator)
+                    batch["noise"] = torch.randn(self.model.latent_shape(len(rows)), generator=generator)
+                batches.append(batch)
+        return batches
+
     def record_round_rewards(self, round_rewards: torch.Tensor) -> None:
         """The round's reward statistics over every rank's samples (gather_round): mean, std and count."""
         self.stats["reward_mean"].append(round_rewards.mean().item())

@@ -81,14 +81,8 @@ class DDPO(RLMethod):
 
     @property
     def trained_interval(self) -> tuple[int, int]:
-        """Step indices [first, end) the update trains: `step_window`, else all of them (B²-DiffuRL trains the
-        branched tail)."""
+        """`step_window` (or early_share's), else every step."""
         return self.step_window or (0, self.sampler.num_steps)
-
-    @property
-    def train_timesteps(self) -> int:
-        first, end = self.trained_interval
-        return max(1, int((end - first) * self.timestep_fraction))
 
     def micro_batches_per_round(self) -> int:
         return self.num_inner_epochs * math.ceil(self.samples_per_round / self.train_batch_size)
@@ -123,19 +117,6 @@ class DDPO(RLMethod):
         """The sample grid (this rank's) and the reward statistics (the whole round's)."""
         self.keep_showcase(images, prompts, rewards)
         self.record_round_rewards(round_rewards)
-
-    def micro_batches(self, total: int, generator: torch.Generator) -> list[dict]:
-        """Shuffled sample indices, and per sample a random order of the timesteps it trains on."""
-        first_step, end_step = self.trained_interval
-        batches = []
-        for _ in range(self.num_inner_epochs):
-            order = torch.randperm(total, generator=generator)
-            step_order = first_step + torch.stack(
-                [torch.randperm(end_step - first_step, generator=generator) for _ in range(total)])
-            for first in range(0, total, self.train_batch_size):
-                rows = order[first : first + self.train_batch_size]
-                batches.append({"rows": rows, "steps": step_order[rows, : self.train_timesteps]})
-        return batches
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)

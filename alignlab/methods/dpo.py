@@ -98,24 +98,3 @@ class DPO(RLMethod):
         self.buffer = {"traj": traj, "winners": winners.to(self.device), "losers": losers.to(self.device),
                        "negative": self.model.encode_prompts([""])}
         return self.micro_batches(len(winners), self.generator(1))
-
-    @property
-    def train_timesteps(self) -> int:
-        return max(1, int(self.sampler.num_steps * self.timestep_fraction))
-
-    def micro_batches(self, pairs: int, generator: torch.Generator) -> list[dict]:
-        steps, keep = self.sampler.num_steps, self.train_timesteps
-        train_t = self.model.scheduler.config.num_train_timesteps
-        batches = []
-        for _ in range(self.num_inner_epochs):
-            order = torch.randperm(pairs, generator=generator)
-            step_order = torch.stack([torch.randperm(steps, generator=generator) for _ in range(pairs)])
-            for first in range(0, pairs, self.train_batch_size):
-                rows = order[first : first + self.train_batch_size]
-                batch = {"pairs": rows, "steps": step_order[rows, :keep]}
-                if self.objective.renoised:
-                    batch["t"] = torch.randint(train_t, (len(rows),), generator=generator)
-                    batch["noise"] = torch.randn((len(rows), *self.buffer["traj"].latents.shape[2:]),
-                                                 generator=generator)
-                batches.append(batch)
-        return batches

@@ -27,7 +27,7 @@ def diffusion_dpo_loss(
 
 
 class DiffusionDPO:
-    """Trains micro-batches {"pairs": indices into buffer["winners"] / ["losers"], "t": (pairs,) timesteps,
+    """Trains micro-batches {"rows": indices into buffer["winners"] / ["losers"], "t": (pairs,) timesteps,
     "noise": (pairs, *latent) noise} with one backward pass each."""
 
     trains_on, renoised, needs_reference = "pairs", True, True
@@ -43,7 +43,7 @@ class DiffusionDPO:
 
     def train(self, method, batch: dict) -> None:
         model, buffer = method.model, method.buffer
-        rows = torch.cat([buffer["winners"][batch["pairs"]], buffer["losers"][batch["pairs"]]])
+        rows = torch.cat([buffer["winners"][batch["rows"]], buffer["losers"][batch["rows"]]])
         traj = buffer["traj"]
         x0 = traj.final[rows]
         t2, noise2 = torch.cat([batch["t"], batch["t"]]), torch.cat([batch["noise"], batch["noise"]])

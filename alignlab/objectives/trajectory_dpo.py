@@ -37,7 +37,7 @@ def trajectory_dpo_loss(
 
 
 class TrajectoryDPO:
-    """Trains micro-batches {"pairs": indices into buffer["winners"] / ["losers"], "steps": (pairs, n) step
+    """Trains micro-batches {"rows": indices into buffer["winners"] / ["losers"], "steps": (pairs, n) step
     indices}; `prepare` scores every stored step under the frozen reference once per round."""
 
     trains_on, renoised, needs_reference = "pairs", False, True
@@ -70,7 +70,7 @@ class TrajectoryDPO:
 
     def train(self, method, batch: dict) -> None:
         buffer, steps = method.buffer, batch["steps"]
-        win, lose = buffer["winners"][batch["pairs"]], buffer["losers"][batch["pairs"]]
+        win, lose = buffer["winners"][batch["rows"]], buffer["losers"][batch["rows"]]
         rows = torch.cat([win, lose])
         traj, ref = buffer["traj"].index(rows), buffer["ref_log_probs"][rows]
         scale = 1.0 / (method.grad_accum * steps.shape[1])
