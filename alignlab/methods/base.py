@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from alignlab.core.advantages import PerPromptStatTracker, batch_zscore
 from alignlab.eval.judge import judge_images, oracle_stats
 from alignlab.samplers.ddim import Trajectory
 from alignlab.core.token_spans import ItemBatch
@@ -64,6 +65,7 @@ class RLMethod(L.LightningModule):
         self.grad_accum, self.max_grad_norm = gradient_accumulation_steps, max_grad_norm
         self.first_row = 0  # global index of this rank's first sample row this round (share_of_round)
         self.idle_batches = 0  # this round's padding micro-batches (round_batches)
+        self.tracker = None  # per-prompt reward statistics, where a round builder normalises with them
         self.objective = objective  # None: nothing to train (evaluation_only)
         if objective is not None and objective.trains_on not in self.round_makes:
             raise ConfigError(f"method.objective: {type(objective).__name__} trains on {objective.trains_on} and "
@@ -211,6 +213,25 @@ class RLMethod(L.LightningModule):
                 batches.append(batch)
         return batches
 
+    # -- advantages -----------------------------------------------------------------------------
+    def track_prompts(self, enabled: bool, buffer_size: int, min_count: int) -> None:
+        """Normalise rewards per prompt over its last `buffer_size` rewards once it has `min_count` (DDPO's stat
+        tracker, checkpointed with the run); disabled: over the round."""
+        for key, value in [("stat_buffer_size", buffer_size), ("stat_min_count", min_count)]:
+            if value < 1:
+                raise ConfigError(f"method.{key} must be >= 1, got {value}")
+        self.tracker = PerPromptStatTracker(buffer_size, min_count) if enabled else None
+
+    def advantages(self, prompts: list[str], rewards: torch.Tensor) -> torch.Tensor:
+        """Normalised rewards of the whole round (all ranks' rows: see gather_round)."""
+        return self.tracker.update(prompts, rewards) if self.tracker else batch_zscore(rewards)
+
+    def log_rollout(self, images: torch.Tensor, prompts: list[str], rewards: torch.Tensor,
+                    round_rewards: torch.Tensor) -> None:
+        """The sample grid (this rank's) and the reward statistics (the whole round's)."""
+        self.keep_showcase(images, prompts, rewards)
+        self.record_round_rewards(round_rewards)
+
     def record_round_rewards(self, round_rewards: torch.Tensor) -> None:
         """The round's reward statistics over every rank's samples (gather_round): mean, std and count."""
         self.stats["reward_mean"].append(round_rewards.mean().item())
@@ -299,6 +320,10 @@ class RLMethod(L.LightningModule):
         keep = {name for name, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint["round_index"] = self.round_index
+        if self.tracker:
+            checkpoint["stat_tracker"] = self.tracker.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.round_index = checkpoint["round_index"]
+        if self.tracker and "stat_tracker" in checkpoint:
+            self.tracker.load_state_dict(checkpoint["stat_tracker"])

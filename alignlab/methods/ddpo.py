@@ -7,7 +7,6 @@ import math
 
 import torch
 
-from alignlab.core.advantages import PerPromptStatTracker, batch_zscore
 from alignlab.errors import ConfigError
 from alignlab.methods.base import RLMethod
 from alignlab.objectives import PPOClip
@@ -45,14 +44,11 @@ class DDPO(RLMethod):
                          gradient_accumulation_steps, max_grad_norm, objective or PPOClip(clip_range, adv_clip_max))
         for key, value in [("sample_batch_size", sample_batch_size), ("num_batches_per_round", num_batches_per_round),
                            ("train_batch_size", train_batch_size), ("num_inner_epochs", num_inner_epochs),
-                           ("gradient_accumulation_steps", gradient_accumulation_steps),
-                           ("stat_buffer_size", stat_buffer_size), ("stat_min_count", stat_min_count)]:
+                           ("gradient_accumulation_steps", gradient_accumulation_steps)]:
             if value < 1:
                 raise ConfigError(f"method.{key} must be >= 1, got {value}")
-        for key, value in [("clip_range", clip_range), ("adv_clip_max", adv_clip_max),
-                           ("max_grad_norm", max_grad_norm)]:
-            if value <= 0:
-                raise ConfigError(f"method.{key} must be > 0, got {value}")
+        if max_grad_norm <= 0:
+            raise ConfigError(f"method.max_grad_norm must be > 0, got {max_grad_norm}")
         if not 0 < timestep_fraction <= 1:
             raise ConfigError(f"method.timestep_fraction must be in (0, 1], got {timestep_fraction}")
         if step_window is not None and not (len(step_window) == 2 and 0 <= step_window[0] < step_window[1]
@@ -72,7 +68,7 @@ class DDPO(RLMethod):
         self.num_inner_epochs, self.timestep_fraction = num_inner_epochs, timestep_fraction
         self.adv_clip_max = adv_clip_max
         self.train_guidance = sampler.guidance_scale if train_cfg else 1.0
-        self.tracker = PerPromptStatTracker(stat_buffer_size, stat_min_count) if per_prompt_stat_tracking else None
+        self.track_prompts(per_prompt_stat_tracking, stat_buffer_size, stat_min_count)
         self.buffer: dict = {}
 
     @property
@@ -91,10 +87,6 @@ class DDPO(RLMethod):
         """This round's own count (fewer than planned when samples were dropped)."""
         return self.buffer["micro_batches"]
 
-    def advantages(self, prompts: list[str], rewards: torch.Tensor) -> torch.Tensor:
-        """Normalised rewards of the whole round (all ranks' rows: see gather_round)."""
-        return self.tracker.update(prompts, rewards) if self.tracker else batch_zscore(rewards)
-
     def start_round(self) -> list[dict]:
         prompts = self.share_of_round(self.prompts.sample(self.samples_per_round * self.world_size,
                                                           self.generator(0)))
@@ -111,19 +103,3 @@ class DDPO(RLMethod):
                        "negative": self.model.encode_prompts([""]), "micro_batches": len(batches)}
         self.log_rollout(images, prompts, rewards, round_rewards)
         return batches
-
-    def log_rollout(self, images: torch.Tensor, prompts: list[str], rewards: torch.Tensor,
-                    round_rewards: torch.Tensor) -> None:
-        """The sample grid (this rank's) and the reward statistics (the whole round's)."""
-        self.keep_showcase(images, prompts, rewards)
-        self.record_round_rewards(round_rewards)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        super().on_save_checkpoint(checkpoint)
-        if self.tracker:
-            checkpoint["stat_tracker"] = self.tracker.state_dict()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        super().on_load_checkpoint(checkpoint)
-        if self.tracker and "stat_tracker" in checkpoint:
-            self.tracker.load_state_dict(checkpoint["stat_tracker"])

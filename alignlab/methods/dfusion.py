@@ -5,12 +5,12 @@ bases: the target denoises from the base's noise while its self-attention reads 
 and values under the reference's item mask — as well aligned as the reference, looking like the
 base, and with a trajectory to train on.
 - `algo=dpo` (default): pairs (winner = target, loser = base), trajectory DPO or Diffusion-DPO;
-- `algo=ddpo`: the targets join the rollout and PPO-clip trains on per-prompt normalised rewards.
+- `algo=ddpo`: the targets join the rollout and PPO-clip trains on per-prompt normalised rewards;
+one round builder for both (the objective decides which the round makes).
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import torch
@@ -21,8 +21,8 @@ from alignlab.core.pairs import dfusion_pairs, grouped_pairs
 from alignlab.samplers.ddim import Trajectory
 from alignlab.core.token_spans import ItemBatch
 from alignlab.errors import ConfigError
-from alignlab.methods.ddpo import DDPO
 from alignlab.methods.dpo import DPO
+from alignlab.objectives import PPOClip
 
 FUSED_BLOCKS = {"mid": "mid_block", "up": "up_blocks", "down": "down_blocks"}
 
@@ -109,36 +109,38 @@ class FusedPairs:
 
 
 class DFusion(FusedPairs, DPO):
-    """D-Fusion + DPO: winner = fused target, loser = its base."""
+    """D-Fusion's round: per prompt, samples ranked by reward and fused targets built from them. With a preference
+    objective (`method.algo=dpo`, the paper) winner = fused target, loser = its base; with one that trains on
+    advantages (`method.algo=ddpo`: PPO-clip) the targets join the round's samples, every row with its per-prompt
+    normalised reward as advantage — a target's π_old being the unfused policy's log-prob of its steps (what
+    training re-scores)."""
+
+    round_makes = ("pairs", "advantages")
 
     def __init__(self, *args, fuse_steps_left=(0, 18), fuse_blocks=("mid", "up"),
-                 capture_downscale: int | None = None, default_threshold: float = 0.015, **kwargs):
+                 capture_downscale: int | None = None, default_threshold: float = 0.015,
+                 per_prompt_stat_tracking: bool = True, stat_buffer_size: int = 16, stat_min_count: int = 16,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.setup_fusion(self.samples_per_prompt, fuse_steps_left, fuse_blocks, capture_downscale,
                           default_threshold)
+        if self.objective.trains_on == "advantages":
+            self.track_prompts(per_prompt_stat_tracking, stat_buffer_size, stat_min_count)
+
+    def micro_batches_per_round(self) -> int:
+        if self.objective.trains_on == "pairs":
+            return super().micro_batches_per_round()
+        rows = self.prompts_per_round * self.samples_per_prompt * 3 // 2  # samples + one target per base
+        return self.num_inner_epochs * math.ceil(rows / self.train_batch_size)
 
     def make_pairs(self, prompts, traj, rewards, images):
         target, _, _, bases = self.fuse(prompts, traj, rewards, images, self.sample_batch_size)
         winners = torch.arange(len(traj.log_probs), len(traj.log_probs) + len(bases))
         return Trajectory.cat([traj, target]), winners, bases
 
-
-class DFusionDDPO(FusedPairs, DDPO):
-    """D-Fusion + DDPO: the fused targets join the round's samples; PPO-clip on per-prompt advantages.
-    A target's π_old is the unfused policy's log-prob of its steps (what training re-scores)."""
-
-    def __init__(self, *args, prompts_per_round: int = 2, samples_per_prompt: int = 4, fuse_steps_left=(0, 18),
-                 fuse_blocks=("mid", "up"), capture_downscale: int | None = None,
-                 default_threshold: float = 0.015, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.prompts_per_round = prompts_per_round
-        self.setup_fusion(samples_per_prompt, fuse_steps_left, fuse_blocks, capture_downscale, default_threshold)
-
-    def micro_batches_per_round(self) -> int:
-        rows = self.prompts_per_round * self.samples_per_prompt * 3 // 2  # samples + one target per base
-        return self.num_inner_epochs * math.ceil(rows / self.train_batch_size)
-
     def start_round(self) -> list[dict]:
+        if self.objective.trains_on == "pairs":
+            return super().start_round()
         prompts, traj, rewards, images = self.grouped_rollout(self.prompts_per_round, self.samples_per_prompt,
                                                              self.sample_batch_size)
         target, target_rewards, _, bases = self.fuse(prompts, traj, rewards, images, self.sample_batch_size)
@@ -150,7 +152,7 @@ class DFusionDDPO(FusedPairs, DDPO):
         round_prompts, round_rewards, mine = self.gather_round(prompts, rewards)
         self.buffer = {"traj": Trajectory.cat([traj, target]),
                        "advantages": self.advantages(round_prompts, round_rewards)[mine],
-                       "negative": self.model.encode_prompts([""]), "micro_batches": len(batches)}
+                       "negative": self.model.encode_prompts([""])}
         self.log_rollout(images, prompts, rewards, round_rewards)
         self.showcase = showcase  # the triplets, not the plain samples
         return batches
@@ -166,15 +168,11 @@ class DFusionDDPO(FusedPairs, DDPO):
         return out
 
 
-def dfusion(algo: str = "dpo", **kwargs):
-    """`method=dfusion`: the DPO variant, or with `method.algo=ddpo` the DDPO one. The config carries
-    both variants' keys; each class takes the ones it knows."""
-    classes = {"dpo": DFusion, "ddpo": DFusionDDPO}
-    if algo not in classes:
+def dfusion(algo: str = "dpo", clip_range: float = 1e-4, adv_clip_max: float = 5.0, objective=None, **kwargs):
+    """`method=dfusion`: trajectory DPO (or `method.loss`'s) on fused pairs, or with `method.algo=ddpo` PPO-clip
+    (clip_range, adv_clip_max) on samples and targets; `method.objective` replaces either."""
+    if algo not in ("dpo", "ddpo"):
         raise ConfigError(f"method.algo must be dpo or ddpo, got {algo!r}")
-    cls = classes[algo]
-    accepted = set()
-    for klass in cls.__mro__:
-        if "__init__" in vars(klass):
-            accepted |= set(inspect.signature(klass.__init__).parameters)
-    return cls(**{k: v for k, v in kwargs.items() if k in accepted})
+    if objective is None and algo == "ddpo":
+        objective = PPOClip(clip_range, adv_clip_max)
+    return DFusion(objective=objective, **kwargs)
