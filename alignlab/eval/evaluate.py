@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from alignlab.core.token_spans import ItemBatch
+from alignlab.samplers.generation import decode_and_score, sample_prompts
 
 EVAL_STREAM = 0xE7A1  # keeps evaluation keys apart from training's (seed, round, rank, stream, row)
 
@@ -62,14 +63,13 @@ def evaluate_prompts(model, sampler, reward, prompts: list[str], samples_per_pro
         for first in range(0, len(rows), batch_size):
             chunk = rows[first : first + batch_size]
             generators = [eval_generator(seed, row) for row in range(first, first + len(chunk))]
-            extra = {}
+            items = None
             if needs_items:
-                items = [prompt_set.items_for(p) if prompt_set is not None else [] for p in chunk]
-                extra["items"] = ItemBatch.build(model.tokenizer, chunk, items)
-            traj = sampler.sample(model.unet, model.scheduler, model.encode_prompts(chunk), negative,
-                                  model.latent_shape(len(chunk)), generators, **extra)
-            decoded = model.decode(traj.final)
-            rewards.append(torch.as_tensor(reward(decoded, chunk)).float().cpu())
+                items = ItemBatch.build(model.tokenizer, chunk, [prompt_set.items_for(p) if prompt_set is not None
+                                                                 else [] for p in chunk])
+            traj = sample_prompts(model, sampler, chunk, negative, generators, items)
+            decoded, scores = decode_and_score(model, reward, traj, chunk)
+            rewards.append(scores.cpu())
             images.append(decoded.cpu())
     scores = torch.cat(rewards)
     per_prompt = {p: float(scores[i * samples_per_prompt : (i + 1) * samples_per_prompt].mean())

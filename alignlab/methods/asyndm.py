@@ -23,6 +23,7 @@ from alignlab.eval.judge import judge_images
 from alignlab.samplers.asyn import VARIANTS, AsynSampler
 from alignlab.core.masks import upsample_nearest
 from alignlab.samplers.ddim import Trajectory
+from alignlab.samplers.generation import decode_and_score, sample_prompts
 from alignlab.errors import ConfigError
 from alignlab.methods.base import RLMethod
 from alignlab.training.artifacts import sample_grid
@@ -65,15 +66,13 @@ class AsynDM(RLMethod):
     @torch.no_grad()
     def generate(self, first: int) -> dict[str, Trajectory]:
         """The three variants of rows [first, first + batch_size), each from the rows' own generators."""
-        model = self.model
         prompts = self.rows[first : first + self.batch_size]
-        embeds, negative = model.encode_prompts(prompts), model.encode_prompts([""])
-        items = self.item_batch(prompts)
+        negative, items = self.model.encode_prompts([""]), self.item_batch(prompts)
         trajectories = {}
         for variant in VARIANTS:
             generators = [self.generator(2, row) for row in range(first, first + len(prompts))]
-            trajectories[variant] = self.sampler.sample(model.unet, model.scheduler, embeds, negative,
-                                                        model.latent_shape(len(prompts)), generators, items, variant)
+            trajectories[variant] = sample_prompts(self.model, self.sampler, prompts, negative, generators, items,
+                                                   variant=variant)
         return trajectories
 
     def test_step(self, first, batch_idx: int) -> None:
@@ -83,8 +82,8 @@ class AsynDM(RLMethod):
         keep, keep_maps = max(0, max(self.log_images, MASK_IMAGES) - shown), max(0, MASK_IMAGES - shown)
         self.results["prompts"] += prompts
         for variant, traj in self.generate(first).items():
-            images = self.model.decode(traj.final)
-            self.results[variant] += self.reward(images, prompts).float().cpu().tolist()
+            images, rewards = decode_and_score(self.model, self.reward, traj, prompts)
+            self.results[variant] += rewards.cpu().tolist()
             if self.gold:
                 scores, passed = judge_images(self.prompts, images, prompts)
                 self.results[f"{variant}_oracle"] += scores.cpu().tolist()

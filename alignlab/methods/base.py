@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from alignlab.core.advantages import PerPromptStatTracker, batch_zscore
 from alignlab.eval.judge import judge_images, oracle_stats
 from alignlab.samplers.ddim import Trajectory
+from alignlab.samplers.generation import decode_and_score, sample_prompts
 from alignlab.core.token_spans import ItemBatch
 from alignlab.errors import AlignlabError, ConfigError
 from alignlab.methods.rounds import round_loader
@@ -138,8 +139,8 @@ class RLMethod(L.LightningModule):
             chunk = prompts[first : first + batch_size]
             rows = generator[first : first + batch_size] if isinstance(generator, list) else generator
             traj = self.sample_batch(chunk, negative, rows)
-            decoded = model.decode(traj.final)
-            rewards.append(self.reward(decoded, chunk).float().to(self.device))
+            decoded, scores = decode_and_score(model, self.reward, traj, chunk)
+            rewards.append(scores.to(self.device))
             for name, values in getattr(self.reward, "last_components", {}).items():  # reward=multi's parts
                 components[name].append(values.float().cpu())
             parts.append(traj)
@@ -160,10 +161,8 @@ class RLMethod(L.LightningModule):
     def sample_batch(self, prompts: list[str], negative: torch.Tensor, generator: torch.Generator) -> Trajectory:
         """One batch of rollouts, one row per prompt (B²-DiffuRL overrides it to branch shared prefixes).
         Samplers that mask the prompts' items (sampler=asyn) also get the items."""
-        model = self.model
-        extra = {"items": self.item_batch(prompts)} if self.sampler.needs_items else {}
-        return self.sampler.sample(model.unet, model.scheduler, model.encode_prompts(prompts), negative,
-                                   model.latent_shape(len(prompts)), generator, **extra)
+        items = self.item_batch(prompts) if self.sampler.needs_items else None
+        return sample_prompts(self.model, self.sampler, prompts, negative, generator, items)
 
     def item_batch(self, prompts: list[str]) -> ItemBatch:
         """The prompts' item words as token spans of the model's tokenizer."""

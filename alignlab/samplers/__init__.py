@@ -9,6 +9,8 @@ images through one of these, so a new sampler plugs in everywhere by keeping thi
   so a shared prefix can be continued in several branches (B²-DiffuRL);
 - `step_log_prob(unet, scheduler, trajectory, step, negative_embeds, guidance_scale) -> Tensor`: re-scores
   stored steps under the current weights (the policy-gradient and DPO losses).
+
+`generation.py` is the one path from prompts to scored images (sample, decode, score) built on `sample`.
 """
 
 from alignlab.samplers.asyn import AsynSampler
