@@ -9,5 +9,12 @@ class ConfigError(AlignlabError, ValueError):
     """A config value is invalid; the message names the key."""
 
 
+def require_at_least_one(group: str, **values: int) -> None:
+    """The one check of count-like settings: each must be >= 1, or one sentence names the first that is not."""
+    for key, value in values.items():
+        if value < 1:
+            raise ConfigError(f"{group}.{key} must be >= 1, got {value}")
+
+
 class WeightsNotFoundError(AlignlabError, OSError):
     """Model weights could not be found locally or downloaded."""

@@ -24,7 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 import alignlab  # noqa: F401  (repairs the torchvision import before anything imports it)
 from alignlab.config import ROOT_KEYS, register_schemas, upgrade_recorded
-from alignlab.errors import AlignlabError, ConfigError
+from alignlab.errors import AlignlabError, ConfigError, require_at_least_one
 from alignlab.training.console import quiet_libraries
 from alignlab.training.run_directory import RunLock, check_foreign, check_fresh_start
 
@@ -99,8 +99,8 @@ def check_values(cfg: DictConfig) -> None:
         raise ConfigError(f"{found[0]} must be a finite number, got {found[1]}")
     if not 0 <= cfg.seed < 2**32:
         raise ConfigError(f"seed must be in [0, 2**32), got {cfg.seed}")
-    if cfg.finetune.mode == "lora" and cfg.finetune.rank < 1:
-        raise ConfigError(f"finetune.rank must be >= 1, got {cfg.finetune.rank}")
+    if cfg.finetune.mode == "lora":
+        require_at_least_one("finetune", rank=cfg.finetune.rank)
     max_epochs = cfg.trainer.get("max_epochs")
     if max_epochs is not None and max_epochs < 1:
         raise ConfigError(f"trainer.max_epochs (the number of rounds) must be >= 1, got {max_epochs}")

@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 
-from alignlab.errors import ConfigError
+from alignlab.errors import ConfigError, require_at_least_one
 from alignlab.eval.evaluate import evaluate_prompts, select_prompts
 from alignlab.eval.hacking import reward_hacking
 from alignlab.eval.judge import judge_images, oracle_stats
@@ -41,10 +41,8 @@ class EvalCallback(L.Callback):
             raise ConfigError(f"eval.every must be >= 0 (0: off), got {every}")
         if split not in ("test", "train"):
             raise ConfigError(f"eval.split must be test or train, got {split!r}")
-        for key, value in [("samples_per_prompt", samples_per_prompt), ("max_prompts", max_prompts),
-                           ("batch_size", batch_size)]:
-            if value < 1:
-                raise ConfigError(f"eval.{key} must be >= 1, got {value}")
+        require_at_least_one("eval", samples_per_prompt=samples_per_prompt, max_prompts=max_prompts,
+                             batch_size=batch_size)
         if hacking_window < 0 or hacking_tolerance < 0:
             raise ConfigError(f"eval.hacking_window and eval.hacking_tolerance must be >= 0, got {hacking_window} "
                               f"and {hacking_tolerance}")

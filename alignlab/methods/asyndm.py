@@ -24,7 +24,7 @@ from alignlab.samplers.asyn import VARIANTS, AsynSampler
 from alignlab.core.masks import upsample_nearest
 from alignlab.samplers.ddim import Trajectory
 from alignlab.samplers.generation import decode_and_score, sample_prompts
-from alignlab.errors import ConfigError
+from alignlab.errors import ConfigError, require_at_least_one
 from alignlab.methods.base import RLMethod
 from alignlab.training.artifacts import sample_grid
 
@@ -42,10 +42,8 @@ class AsynDM(RLMethod):
             raise ConfigError("method=asyndm needs the asynchronous sampler: use sampler=asyn")
         if split not in ("train", "test"):
             raise ConfigError(f"method.split must be train or test, got {split!r}")
-        for key, value in [("images_per_prompt", images_per_prompt), ("batch_size", batch_size),
-                           ("mask_steps", mask_steps)]:
-            if value < 1:
-                raise ConfigError(f"method.{key} must be >= 1, got {value}")
+        require_at_least_one("method", images_per_prompt=images_per_prompt, batch_size=batch_size,
+                             mask_steps=mask_steps)
         pool = (prompts.train if split == "train" else prompts.test)[:num_prompts]
         sampler.check_prompts(prompts, split, pool)
         self.rows = [p for p in pool for _ in range(images_per_prompt)]

@@ -9,7 +9,7 @@ import torch
 
 from alignlab.core.branching import branch_sample
 from alignlab.core.stages import StageZScores, select_siblings, split_step
-from alignlab.errors import ConfigError
+from alignlab.errors import ConfigError, require_at_least_one
 from alignlab.methods.ddpo import DDPO
 from alignlab.objectives import PPOClip, TrajectoryDPO
 
@@ -64,9 +64,7 @@ class B2DiffuRL(DDPO):
                 f"method.split_step_min and method.split_step_max must satisfy 1 <= split_step_min <= "
                 f"split_step_max <= sampler.num_steps ({steps}), got {split_step_min} and {split_step_max}"
             )
-        for key, value in [("num_stages", num_stages), ("branch_chunk", branch_chunk or 1)]:
-            if value < 1:
-                raise ConfigError(f"method.{key} must be >= 1, got {value}")
+        require_at_least_one("method", num_stages=num_stages, branch_chunk=branch_chunk or 1)
         if history_cnt < 0:
             raise ConfigError(f"method.history_cnt must be >= 0, got {history_cnt}")
         self.num_branches, self.branch_chunk = num_branches, branch_chunk

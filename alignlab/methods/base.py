@@ -17,7 +17,7 @@ from alignlab.eval.judge import judge_images, oracle_stats
 from alignlab.samplers.ddim import Trajectory
 from alignlab.samplers.generation import decode_and_score, sample_prompts
 from alignlab.core.token_spans import ItemBatch
-from alignlab.errors import AlignlabError, ConfigError
+from alignlab.errors import AlignlabError, ConfigError, require_at_least_one
 from alignlab.methods.rounds import round_loader
 from alignlab.models import require_reference, trainable_parameters
 
@@ -216,9 +216,7 @@ class RLMethod(L.LightningModule):
     def track_prompts(self, enabled: bool, buffer_size: int, min_count: int) -> None:
         """Normalise rewards per prompt over its last `buffer_size` rewards once it has `min_count` (DDPO's stat
         tracker, checkpointed with the run); disabled: over the round."""
-        for key, value in [("stat_buffer_size", buffer_size), ("stat_min_count", min_count)]:
-            if value < 1:
-                raise ConfigError(f"method.{key} must be >= 1, got {value}")
+        require_at_least_one("method", stat_buffer_size=buffer_size, stat_min_count=min_count)
         self.tracker = PerPromptStatTracker(buffer_size, min_count) if enabled else None
 
     def advantages(self, prompts: list[str], rewards: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from alignlab.errors import ConfigError
+from alignlab.errors import ConfigError, require_at_least_one
 from alignlab.methods.base import RLMethod
 from alignlab.objectives import PPOClip
 
@@ -42,11 +42,9 @@ class DDPO(RLMethod):
         """`objective`: PPO-clip with DDPO's advantage clip unless a subclass gives another."""
         super().__init__(model, sampler, reward, optimizer, prompts, seed, log_images,
                          gradient_accumulation_steps, max_grad_norm, objective or PPOClip(clip_range, adv_clip_max))
-        for key, value in [("sample_batch_size", sample_batch_size), ("num_batches_per_round", num_batches_per_round),
-                           ("train_batch_size", train_batch_size), ("num_inner_epochs", num_inner_epochs),
-                           ("gradient_accumulation_steps", gradient_accumulation_steps)]:
-            if value < 1:
-                raise ConfigError(f"method.{key} must be >= 1, got {value}")
+        require_at_least_one("method", sample_batch_size=sample_batch_size, num_batches_per_round=num_batches_per_round,
+                             train_batch_size=train_batch_size, num_inner_epochs=num_inner_epochs,
+                             gradient_accumulation_steps=gradient_accumulation_steps)
         if max_grad_norm <= 0:
             raise ConfigError(f"method.max_grad_norm must be > 0, got {max_grad_norm}")
         if not 0 < timestep_fraction <= 1:

@@ -15,7 +15,7 @@ import math
 import torch
 
 from alignlab.core.pairs import best_worst_pairs, grouped_pairs
-from alignlab.errors import ConfigError
+from alignlab.errors import ConfigError, require_at_least_one
 from alignlab.methods.base import RLMethod
 from alignlab.objectives import DiffusionDPO, TrajectoryDPO
 from alignlab.samplers.ddim import Trajectory
@@ -57,11 +57,9 @@ class DPO(RLMethod):
             objective = TrajectoryDPO(beta, clip_eps) if loss == "trajectory" else DiffusionDPO(beta_dpo)
         super().__init__(model, sampler, reward, optimizer, prompts, seed, log_images,
                          gradient_accumulation_steps, max_grad_norm, objective)
-        for key, value in [("prompts_per_round", prompts_per_round), ("samples_per_prompt", samples_per_prompt),
-                           ("sample_batch_size", sample_batch_size), ("train_batch_size", train_batch_size),
-                           ("num_inner_epochs", num_inner_epochs)]:
-            if value < 1:
-                raise ConfigError(f"method.{key} must be >= 1, got {value}")
+        require_at_least_one("method", prompts_per_round=prompts_per_round, samples_per_prompt=samples_per_prompt,
+                             sample_batch_size=sample_batch_size, train_batch_size=train_batch_size,
+                             num_inner_epochs=num_inner_epochs)
         if samples_per_prompt < 2:
             raise ConfigError(f"method.samples_per_prompt must be >= 2 to form pairs, got {samples_per_prompt}")
         if not 0 < timestep_fraction <= 1:

@@ -22,7 +22,7 @@ from alignlab.core.per_pixel_unet import PerPixelUNet
 from alignlab.samplers.ddim import DDIMSampler, Trajectory, draw_noise, guided_noise
 from alignlab.core.timestep_schedules import CURVES, Grid, check_decreasing, next_state
 from alignlab.core.token_spans import ItemBatch
-from alignlab.errors import ConfigError
+from alignlab.errors import ConfigError, require_at_least_one
 
 VARIANTS = ("dm", "dm_concave", "asyndm")
 MASK_MODES = ("dynamic", "static")
@@ -62,8 +62,8 @@ class AsynSampler(DDIMSampler):
             raise ConfigError(f"sampler.mask_mode must be dynamic or static, got {mask_mode!r}")
         if mask_threshold <= 0:
             raise ConfigError(f"sampler.mask_threshold must be > 0, got {mask_threshold}")
-        if capture_downscale is not None and capture_downscale < 1:
-            raise ConfigError(f"sampler.capture_downscale must be >= 1, got {capture_downscale}")
+        if capture_downscale is not None:
+            require_at_least_one("sampler", capture_downscale=capture_downscale)
         self.curve, self.mask_mode = curve, mask_mode
         self.mask_threshold, self.capture_downscale = mask_threshold, capture_downscale
 

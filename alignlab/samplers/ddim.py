@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from alignlab.core.ddim import ddim_step
-from alignlab.errors import ConfigError
+from alignlab.errors import ConfigError, require_at_least_one
 
 
 @dataclass
@@ -71,8 +71,7 @@ class DDIMSampler:
     needs_items = False  # the prompts' item words are not needed (AsynSampler's are)
 
     def __init__(self, num_steps: int = 20, guidance_scale: float = 5.0, eta: float = 1.0, progress: bool = True):
-        if num_steps < 1:
-            raise ConfigError(f"sampler.num_steps must be >= 1, got {num_steps}")
+        require_at_least_one("sampler", num_steps=num_steps)
         if eta <= 0:
             raise ConfigError(f"sampler.eta must be > 0 for log-probabilities, got {eta}")
         self.num_steps = num_steps

@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from alignlab.errors import AlignlabError, ConfigError
+from alignlab.errors import AlignlabError, ConfigError, require_at_least_one
 from alignlab.training.atomic import replace_atomically
 
 log = logging.getLogger("alignlab")
@@ -34,8 +34,7 @@ class RoundCheckpoints(ModelCheckpoint):
     names never get a version suffix and pruning goes by the round numbers on disk."""
 
     def __init__(self, run_dir: Path, keep: int):
-        if keep < 1:
-            raise ConfigError(f"checkpoint.keep must be >= 1, got {keep}")
+        require_at_least_one("checkpoint", keep=keep)
         super().__init__(dirpath=run_dir / "checkpoints", filename="round-{epoch:04d}", auto_insert_metric_name=False,
                          save_top_k=-1, save_last=True, every_n_epochs=1, enable_version_counter=False)
         self.keep = keep
