@@ -39,40 +39,42 @@ class AsynSamplerConfig(SamplerConfig):
 
 @dataclass
 class DDPOConfig:
+    """DDPO (Black et al. 2023): PPO-clip over the denoising steps of fresh rollouts (docs/design.md)."""
     _target_: str = "alignlab.methods.ddpo.DDPO"
-    sample_batch_size: int = 8
-    num_batches_per_round: int = 4
-    train_batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    num_inner_epochs: int = 1
-    timestep_fraction: float = 1.0
+    sample_batch_size: int = 8  # images per rollout batch
+    num_batches_per_round: int = 4  # rollout batches per round
+    train_batch_size: int = 4  # samples per micro-batch of the update
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
+    num_inner_epochs: int = 1  # passes over the round's samples
+    timestep_fraction: float = 1.0  # share of the trained steps each sample trains, drawn at random
     step_window: Optional[list[int]] = None  # [first, end): the DDIM steps trained (0: the noisiest); null: all
     early_share: Optional[float] = None  # or: train the first ceil(share x sampler.num_steps) steps only
-    clip_range: float = 1e-4
-    adv_clip_max: float = 5.0
+    clip_range: float = 1e-4  # PPO's ratio clip
+    adv_clip_max: float = 5.0  # advantages clipped to +-this in the loss
     max_grad_norm: float = 1.0
-    train_cfg: bool = True
-    per_prompt_stat_tracking: bool = True
-    stat_buffer_size: int = 16
-    stat_min_count: int = 16
-    log_images: int = 16
+    train_cfg: bool = True  # re-score steps with the sampling guidance (false: the conditional prediction)
+    per_prompt_stat_tracking: bool = True  # advantages: rewards normalised per prompt (false: over the round)
+    stat_buffer_size: int = 16  # a prompt's last rewards its statistics use
+    stat_min_count: int = 16  # ... once it has this many (before: the round's)
+    log_images: int = 16  # samples in the round's grid
     objective: Any = None  # {_target_: ...}: another objective for this round builder (docs/extending.md)
 
 
 @dataclass
 class DPOConfig:
+    """DPO on self-generated pairs, best vs worst of each prompt's samples (D-Fusion's naive baseline)."""
     _target_: str = "alignlab.methods.dpo.DPO"
     prompts_per_round: int = 2
     samples_per_prompt: int = 4
     sample_batch_size: int = 8
-    train_batch_size: int = 2
+    train_batch_size: int = 2  # pairs per micro-batch
     gradient_accumulation_steps: int = 1
     num_inner_epochs: int = 2
     timestep_fraction: float = 1.0
-    loss: str = "trajectory"  # trajectory | diffusion_dpo
-    beta: float = 0.1
+    loss: str = "trajectory"  # trajectory (per-step DPO vs the frozen reference) | diffusion_dpo (final latents)
+    beta: float = 0.1  # trajectory DPO's temperature
     clip_eps: Any = 0.1  # float, or null for no log-ratio clip
-    beta_dpo: float = 2500.0
+    beta_dpo: float = 2500.0  # Diffusion-DPO's temperature
     max_grad_norm: float = 1.0
     train_cfg: bool = True
     log_images: int = 16
@@ -81,10 +83,13 @@ class DPOConfig:
 
 @dataclass
 class DFusionConfig(DPOConfig):
+    """D-Fusion (Hu et al., ICML 2025): winners are bases fused with their reference's self-attention K/V under
+    the reference's item mask; trained with trajectory DPO (algo=dpo) or joined to a DDPO round (algo=ddpo)."""
     _target_: str = "alignlab.methods.dfusion.dfusion"
     algo: str = "dpo"  # dpo | ddpo
-    samples_per_prompt: int = 8
+    samples_per_prompt: int = 8  # a multiple of 4: the top quarter are references, the bottom half bases
     # fuse step i when the steps left after it, num_steps - i - 1, lie in [low, high): the official inject_t
+    # (steps 2-19 of 20, all of 10)
     fuse_steps_left: list[int] = field(default_factory=lambda: [0, 18])
     fuse_blocks: list[str] = field(default_factory=lambda: ["mid", "up"])
     capture_downscale: Optional[int] = None  # masks from cross-attention at latent / N; None: nearest 16x16
@@ -99,37 +104,44 @@ class DFusionConfig(DPOConfig):
 
 @dataclass
 class B2DiffuRLConfig:
+    """B²-DiffuRL (Hu et al., CVPR 2025): branch sampling from shared prefixes, best/worst-sibling selection by
+    per-prompt z-score, training on the branched tail only, the tail growing over the stages (one stage = one
+    round). Defaults: the paper's (experiment=b2diffurl_paper has them all)."""
     _target_: str = "alignlab.methods.b2diffurl.b2diffurl"
-    algo: str = "ddpo"  # ddpo (the paper) | dpo (kept best/worst siblings as preference pairs)
+    algo: str = "ddpo"  # ddpo (the paper) | dpo (kept best/worst siblings as trajectory-DPO pairs)
     beta: float = 0.1  # algo=dpo only: DPO temperature
     dpo_clip_eps: Optional[float] = 0.1  # algo=dpo only: per-side log-ratio clip
     sample_batch_size: int = 8  # prompts (branch families) per batch
     num_batches_per_round: int = 32
-    num_branches: int = 5
+    num_branches: int = 5  # K siblings per prefix
     branch_chunk: int | None = None  # branch rows per UNet call; None: all of a batch's B·K rows at once
+    # split_step = split_step_min + floor(stage · (max − min + 1) / num_stages), capped at split_step_max: the
+    # number of final denoising steps branched and trained (<= sampler.num_steps)
     split_step_min: int = 14
     split_step_max: int = 20
     num_stages: int = 100
-    history_cnt: int = 8
-    pos_threshold: float = 0.5
-    neg_threshold: float = -0.5
-    beta1: float = 1.0
-    beta2: float = 1.0
+    history_cnt: int = 8  # earlier stages pooled into each prompt's z-score statistics
+    pos_threshold: float = 0.5  # keep the best sibling when its z >= this
+    neg_threshold: float = -0.5  # keep the worst sibling when its z < this
+    beta1: float = 1.0  # weight of positive advantages
+    beta2: float = 1.0  # weight of negative advantages
     train_batch_size: int = 2
     gradient_accumulation_steps: int = 1
     num_inner_epochs: int = 2
-    clip_range: float = 0.1
-    adv_clip_max: float = 5.0
+    clip_range: float = 0.1  # PPO clip
+    adv_clip_max: float = 5.0  # the z-scores' clip (before the beta weights)
     max_grad_norm: float = 1.0
     train_cfg: bool = True
-    log_images: int = 16
+    log_images: int = 16  # rounded down to whole families in the sample grid
     objective: Any = None  # {_target_: ...}: another objective for this round builder (docs/extending.md)
 
 
 @dataclass
 class AsynDMConfig:
+    """AsynDM (Hu et al. 2025, training-free): DM, DM_concave and AsynDM images of one prompt split from
+    identical noise per image, scored by the reward; writes <run dir>/asyndm/."""
     _target_: str = "alignlab.methods.asyndm.AsynDM"
-    split: str = "train"  # the prompt split to evaluate
+    split: str = "train"  # the prompt split to evaluate (AsynDM's prompt sets live in `train`)
     num_prompts: int | None = None  # the first n prompts of the split; None: all
     images_per_prompt: int = 1
     batch_size: int = 8

@@ -37,6 +37,7 @@ class B2DiffuRL(DDPO):
         optimizer,
         prompts,
         seed: int = 0,
+        num_batches_per_round: int = 32,
         num_branches: int = 5,
         branch_chunk: int | None = None,
         split_step_min: int = 14,
@@ -53,7 +54,8 @@ class B2DiffuRL(DDPO):
         objective=None,
         **ddpo_options,
     ):
-        super().__init__(model, sampler, reward, optimizer, prompts, seed, train_batch_size=train_batch_size,
+        super().__init__(model, sampler, reward, optimizer, prompts, seed, num_batches_per_round=num_batches_per_round,
+                         train_batch_size=train_batch_size,
                          num_inner_epochs=num_inner_epochs, clip_range=clip_range, per_prompt_stat_tracking=False,
                          objective=objective or PPOClip(clip_range, math.inf), **ddpo_options)
         steps = sampler.num_steps

@@ -117,11 +117,11 @@ class DFusion(FusedPairs, DPO):
 
     round_makes = ("pairs", "advantages")
 
-    def __init__(self, *args, fuse_steps_left=(0, 18), fuse_blocks=("mid", "up"),
+    def __init__(self, *args, samples_per_prompt: int = 8, fuse_steps_left=(0, 18), fuse_blocks=("mid", "up"),
                  capture_downscale: int | None = None, default_threshold: float = 0.015,
                  per_prompt_stat_tracking: bool = True, stat_buffer_size: int = 16, stat_min_count: int = 16,
                  **kwargs):
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, samples_per_prompt=samples_per_prompt, **kwargs)
         self.setup_fusion(self.samples_per_prompt, fuse_steps_left, fuse_blocks, capture_downscale,
                           default_threshold)
         if self.objective.trains_on == "advantages":

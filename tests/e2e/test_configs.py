@@ -96,3 +96,39 @@ def test_the_objective_is_the_configs_own_or_method_objective(overrides, expecte
     method, _ = build(compose_config(tmp_path, ["model=tiny", "reward=jpeg_compressibility", *overrides]), tmp_path)
     name, key, value = expected
     assert type(method.objective).__name__ == name and getattr(method.objective, key) == value
+
+
+SCHEMAS = {"ddpo": "DDPOConfig", "dpo": "DPOConfig", "b2diffurl": "B2DiffuRLConfig", "dfusion": "DFusionConfig",
+           "asyndm": "AsynDMConfig"}
+BUILT = {"b2diffurl": "B2DiffuRL", "dfusion": "DFusion"}  # the class a factory target builds
+
+
+@pytest.mark.parametrize("method", sorted(SCHEMAS))
+def test_the_schema_is_the_one_source_of_defaults(method):
+    """A method's constructor (with the factory and the classes it goes through) has the schema's defaults, and
+    its preset lists only the keys whose values differ from them."""
+    import dataclasses
+    import inspect
+
+    import yaml
+    from hydra.utils import get_object
+
+    import alignlab.config as schemas
+
+    schema = getattr(schemas, SCHEMAS[method])
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(schema) if f.name != "_target_"}
+    target = get_object(schema._target_)
+    built = target if inspect.isclass(target) else get_object(f"alignlab.methods.{method}.{BUILT[method]}")
+    callables = ([] if inspect.isclass(target) else [target]) + [
+        c.__init__ for c in built.__mro__ if "__init__" in vars(c)]
+    seen = {}
+    for fn in callables:  # the first that names a key gives its default
+        for key, parameter in inspect.signature(fn).parameters.items():
+            if parameter.default is not inspect.Parameter.empty:
+                default = parameter.default
+                seen.setdefault(key, list(default) if isinstance(default, tuple) else default)
+    assert {k: seen.get(k, "absent") for k in defaults} == defaults
+    preset = yaml.safe_load((Path(CONF_DIR) / "method" / f"{method}.yaml").read_text())
+    listed = preset["method"] if "method" in preset else {k: v for k, v in preset.items() if k != "defaults"}
+    assert [key for key, value in listed.items() if defaults.get(key, object()) == value] == []
