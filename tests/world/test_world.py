@@ -158,11 +158,13 @@ def test_world_is_the_default_and_clip_follows_the_model(tmp_path):
 
 
 def test_world_clip_pretraining_runs_and_its_weights_load(tmp_path):
-    """The real CLIP training path for two steps: weights change and load through open_clip."""
+    """The real CLIP training path, both phases for two steps each: weights change and load through open_clip."""
     from alignlab.rewards.clip import ClipScore, OpenClip
-    from alignlab.world.clip import CLIP, train_clip
+    from alignlab.world.clip import CLIP, CLIP_PHASES, train_clip
 
-    path = train_clip(tmp_path, replace(CLIP, steps=2, batch_size=4, warmup=1, save_every=1))
+    tiny = dict(steps=2, batch_size=4, warmup=1, save_every=1)
+    path = train_clip(tmp_path, tuple((stage, replace(config, **tiny)) for stage, config in CLIP_PHASES))
+    assert {p.name for p in tmp_path.glob("*.ckpt")} == {"clip.ckpt", "clip_relations.ckpt"}
     torch.manual_seed(CLIP.seed)
     initial = OpenClip(NAME, None, torch.device("cpu")).model.state_dict()
     trained = load_file(path)
@@ -178,10 +180,11 @@ def test_make_world_builds_installs_and_a_rerun_skips_finished_stages(tmp_path, 
     from functools import partial
 
     import alignlab.world.build as build
-    from alignlab.world.clip import CLIP, train_clip
+    from alignlab.world.clip import CLIP_PHASES, train_clip
 
     tiny = dict(batch_size=4, warmup=1, save_every=1)
-    monkeypatch.setattr(build, "train_clip", partial(train_clip, config=replace(CLIP, steps=2, **tiny)))
+    clip_phases = tuple((stage, replace(config, steps=2, **tiny)) for stage, config in CLIP_PHASES)
+    monkeypatch.setattr(build, "train_clip", partial(train_clip, phases=clip_phases))
     phases = tuple((stage, replace(config, steps=2, **tiny), noise) for stage, config, noise in T2I)
     monkeypatch.setattr(build, "train_t2i", partial(train_t2i, phases=phases, text=replace(TEXT, steps=2, **tiny)))
     monkeypatch.setattr(build, "WEIGHTS", tmp_path / "installed")

@@ -187,7 +187,7 @@ def test_report_measures_the_shipped_encoders_separation():
     rows = encoder_separation(model, ClipScore(NAME, str(CHECKPOINT)))
     assert {kind: row["pairs"] for kind, row in rows.items()} == {"relation": 360, "colour_swap": 450, "count": 18}
     assert [round(rows[k]["t2i_difference_min"], 3) for k in KINDS] == [0.625, 0.958, 0.584]
-    assert [round(rows[k]["clip_cosine_max"], 3) for k in KINDS] == [0.891, 0.673, 0.879]
+    assert [round(rows[k]["clip_cosine_max"], 3) for k in KINDS] == [0.881, 0.643, 0.884]
     assert all(rows[k]["t2i_difference_min"] >= 0.2 and rows[k]["clip_cosine_max"] <= 0.95 for k in KINDS)  # gate 6
     assert set(encoder_separation(model)["count"]) == {"pairs", "t2i_difference_min", "t2i_difference_mean"}
 
@@ -195,7 +195,7 @@ def test_report_measures_the_shipped_encoders_separation():
 def test_the_world_report_runs_from_its_entry_point(tmp_path):
     """`python -m alignlab.world.report` at its smallest sizes on the shipped weights: every category of both
     splits at the asked size, the loss plot from the build directory's logs, and caption retrieval on its fixed
-    256 renders at the shipped CLIP's golden value (228 of 256, docs/world.md's 0.891)."""
+    256 renders at the shipped CLIP's golden value (233 of 256, docs/world.md's 0.910)."""
     from alignlab.world.grammar import CATEGORIES
     from alignlab.world.report import main
 
@@ -209,5 +209,5 @@ def test_the_world_report_runs_from_its_entry_point(tmp_path):
     for split in ("train", "test"):
         assert {c: (numbers[split][c]["prompts"], numbers[split][c]["images"]) for c in CATEGORIES} == {
             c: (1, 2) for c in CATEGORIES}
-    assert numbers["retrieval_renders"] * 256 == 228
+    assert numbers["retrieval_renders"] * 256 == 233
     assert (out / "losses.png").is_file() and all((out / f"samples_{c}.png").is_file() for c in CATEGORIES)
