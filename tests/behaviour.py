@@ -20,6 +20,7 @@ from tests.hydra_app import FAST, comparable, compose_config
 
 GOLDEN = Path(__file__).parent / "golden" / "behaviour.json"
 RUN = [*(o for o in FAST if not o.startswith("method.")), "trainer.max_epochs=2", "logger=none"]
+PROMPTS = ["prompts.per_category=4"]  # the world prompts as recorded, whatever the world's default becomes
 DDPO_SIZES = [o for o in FAST if o.startswith("method.")]
 DPO_SIZES = ["method.train_batch_size=2", "method.prompts_per_round=1", "method.samples_per_prompt=4",
              "method.num_inner_epochs=1"]
@@ -93,7 +94,8 @@ def behaviour(name: str, work: Path) -> dict:
     try:
         if name in OUTPUTS:
             return {"asyndm_table": asyndm_table, "fused_target": fused_target}[name](work)
-        train(compose_config(work / name, [*RUN, *PAIRINGS[name]]))
+        own_prompts = any(o.startswith("prompts=") for o in PAIRINGS[name])
+        train(compose_config(work / name, [*RUN, *([] if own_prompts else PROMPTS), *PAIRINGS[name]]))
     finally:
         torch.set_num_threads(threads)
     rows = [json.loads(line) for line in (work / name / "metrics.jsonl").read_text().splitlines()]

@@ -68,18 +68,18 @@ def test_non_finite_reward_drops_the_sample(tmp_path, monkeypatch):
 
 def test_non_finite_loss_stops_with_the_last_checkpoint_intact(tmp_path, monkeypatch):
     from alignlab.errors import AlignlabError
-    from alignlab.methods import ddpo
+    from alignlab.objectives import ppo_clip
 
     run_inprocess(tmp_path, "trainer.max_epochs=1", "logger=none")
     before = (tmp_path / "checkpoints" / "last.ckpt").read_bytes()
-    original = ddpo.ppo_clip_loss
+    original = ppo_clip.ppo_clip_loss
 
     def nan_loss(*args, **kwargs):
         stats = original(*args, **kwargs)
         stats.loss = stats.loss * float("nan")
         return stats
 
-    monkeypatch.setattr(ddpo, "ppo_clip_loss", nan_loss)
+    monkeypatch.setattr(ppo_clip, "ppo_clip_loss", nan_loss)
     with pytest.raises(AlignlabError, match="non-finite gradient in round 1"):
         run_inprocess(tmp_path, "trainer.max_epochs=2", "logger=none")
     assert (tmp_path / "checkpoints" / "last.ckpt").read_bytes() == before
