@@ -16,5 +16,12 @@ def require_at_least_one(group: str, **values: int) -> None:
             raise ConfigError(f"{group}.{key} must be >= 1, got {value}")
 
 
+def require_positive(group: str, **values: float) -> None:
+    """The one check of scale-like settings (clip ranges, norms): each must be > 0."""
+    for key, value in values.items():
+        if not value > 0:
+            raise ConfigError(f"{group}.{key} must be > 0, got {value}")
+
+
 class WeightsNotFoundError(AlignlabError, OSError):
     """Model weights could not be found locally or downloaded."""

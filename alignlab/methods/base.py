@@ -17,7 +17,7 @@ from alignlab.eval.judge import judge_images, oracle_stats
 from alignlab.samplers.ddim import Trajectory
 from alignlab.samplers.generation import decode_and_score, sample_prompts
 from alignlab.core.token_spans import ItemBatch
-from alignlab.errors import AlignlabError, ConfigError, require_at_least_one
+from alignlab.errors import AlignlabError, ConfigError, require_at_least_one, require_positive
 from alignlab.methods.rounds import round_loader
 from alignlab.models import require_reference, trainable_parameters
 
@@ -67,6 +67,7 @@ class RLMethod(L.LightningModule):
         self.first_row = 0  # global index of this rank's first sample row this round (share_of_round)
         self.idle_batches = 0  # this round's padding micro-batches (round_batches)
         self.tracker = None  # per-prompt reward statistics, where a round builder normalises with them
+        require_positive("method", max_grad_norm=max_grad_norm)
         self.objective = objective  # None: nothing to train (evaluation_only)
         if objective is not None and objective.trains_on not in self.round_makes:
             raise ConfigError(f"method.objective: {type(objective).__name__} trains on {objective.trains_on} and "

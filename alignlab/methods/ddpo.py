@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from alignlab.errors import ConfigError, require_at_least_one
+from alignlab.errors import ConfigError, require_at_least_one, require_positive
 from alignlab.methods.base import RLMethod
 from alignlab.objectives import PPOClip
 
@@ -45,8 +45,8 @@ class DDPO(RLMethod):
         require_at_least_one("method", sample_batch_size=sample_batch_size, num_batches_per_round=num_batches_per_round,
                              train_batch_size=train_batch_size, num_inner_epochs=num_inner_epochs,
                              gradient_accumulation_steps=gradient_accumulation_steps)
-        if max_grad_norm <= 0:
-            raise ConfigError(f"method.max_grad_norm must be > 0, got {max_grad_norm}")
+        # DDPO's own settings, whichever objective trains (B²-DiffuRL clips its z-scores with adv_clip_max)
+        require_positive("method", clip_range=clip_range, adv_clip_max=adv_clip_max)
         if not 0 < timestep_fraction <= 1:
             raise ConfigError(f"method.timestep_fraction must be in (0, 1], got {timestep_fraction}")
         if step_window is not None and not (len(step_window) == 2 and 0 <= step_window[0] < step_window[1]

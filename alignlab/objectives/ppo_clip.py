@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from alignlab.errors import ConfigError
+from alignlab.errors import require_positive
 
 
 @dataclass
@@ -40,9 +40,7 @@ class PPOClip:
     trains_on, renoised, needs_reference = "advantages", False, False
 
     def __init__(self, clip_range: float = 1e-4, advantage_limit: float = 5.0):
-        for key, value in (("clip_range", clip_range), ("adv_clip_max", advantage_limit)):
-            if not value > 0:
-                raise ConfigError(f"method.{key} must be > 0, got {value}")
+        require_positive("method", clip_range=clip_range, adv_clip_max=advantage_limit)
         self.clip_range, self.advantage_limit = clip_range, advantage_limit
 
     def prepare(self, method) -> None:

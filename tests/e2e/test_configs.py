@@ -132,3 +132,18 @@ def test_the_schema_is_the_one_source_of_defaults(method):
     preset = yaml.safe_load((Path(CONF_DIR) / "method" / f"{method}.yaml").read_text())
     listed = preset["method"] if "method" in preset else {k: v for k, v in preset.items() if k != "defaults"}
     assert [key for key, value in listed.items() if defaults.get(key, object()) == value] == []
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["method=b2diffurl", "method.adv_clip_max=-1"], "method.adv_clip_max must be > 0, got -1.0"),
+    (["method=b2diffurl", "method.algo=dpo", "method.clip_range=-1"], "method.clip_range must be > 0, got -1.0"),
+    (["method=dfusion", "method.algo=ddpo", "method.max_grad_norm=0"], "method.max_grad_norm must be > 0, got 0.0"),
+])
+def test_a_round_builders_own_settings_are_checked_whichever_objective_trains(overrides, message, tmp_path):
+    """B²-DiffuRL's z-score clip and PPO settings and every method's gradient-norm clip are refused when not
+    positive, also where the objective is not the round builder's default one."""
+    from alignlab.run import _root_cause
+
+    with pytest.raises(Exception) as info:
+        build(compose_config(tmp_path, ["model=tiny", "reward=jpeg_compressibility", *overrides]), tmp_path)
+    assert str(_root_cause(info.value)) == message
