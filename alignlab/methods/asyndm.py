@@ -65,12 +65,13 @@ class AsynDM(RLMethod):
     def generate(self, first: int) -> dict[str, Trajectory]:
         """The three variants of rows [first, first + batch_size), each from the rows' own generators."""
         prompts = self.rows[first : first + self.batch_size]
-        negative, items = self.model.encode_prompts([""]), self.item_batch(prompts)
+        embeds, negative = self.model.encode_prompts(prompts), self.model.encode_prompts([""])
+        items = self.item_batch(prompts)
         trajectories = {}
-        for variant in VARIANTS:
+        for variant in VARIANTS:  # one batch's embeddings for the three variants
             generators = [self.generator(2, row) for row in range(first, first + len(prompts))]
             trajectories[variant] = sample_prompts(self.model, self.sampler, prompts, negative, generators, items,
-                                                   variant=variant)
+                                                   embeds, variant=variant)
         return trajectories
 
     def test_step(self, first, batch_idx: int) -> None:

@@ -10,12 +10,14 @@ from alignlab.samplers.ddim import Trajectory
 
 
 def sample_prompts(model, sampler, prompts: list[str], negative: torch.Tensor, generator, items=None,
-                   **options) -> Trajectory:
+                   embeds: torch.Tensor | None = None, **options) -> Trajectory:
     """One row per prompt from fresh noise drawn from `generator` (one generator, or one per row); the prompts'
-    items (an ItemBatch) reach a sampler that needs them; `options` are the sampler's own (AsynDM's variant)."""
+    items (an ItemBatch) reach a sampler that needs them; `embeds`: the prompts' embeddings where the caller
+    samples one batch several times (AsynDM's variants); `options` are the sampler's own (AsynDM's variant)."""
     extra = {"items": items} if sampler.needs_items else {}
-    return sampler.sample(model.unet, model.scheduler, model.encode_prompts(prompts), negative,
-                          model.latent_shape(len(prompts)), generator, **extra, **options)
+    embeds = model.encode_prompts(prompts) if embeds is None else embeds
+    return sampler.sample(model.unet, model.scheduler, embeds, negative, model.latent_shape(len(prompts)), generator,
+                          **extra, **options)
 
 
 def decode_and_score(model, reward, traj: Trajectory, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
