@@ -180,6 +180,22 @@ class RLMethod(L.LightningModule):
         generators = [self.generator(2, row) for row in range(len(prompts))]
         return (prompts, *self.rollout(prompts, batch_size, generators))
 
+    @torch.no_grad()
+    def step_log_probs(self, traj: Trajectory, rows_per_call: int | None = None) -> torch.Tensor:
+        """log π of every stored step of `traj` under the current weights (the frozen model's inside
+        `frozen_reference`), `rows_per_call` rows per UNet call (None: all at once)."""
+        negative = self.model.encode_prompts([""])
+        rows, steps = traj.log_probs.shape
+        size = rows_per_call or max(rows, 1)
+        out = torch.empty_like(traj.log_probs)
+        for first in range(0, rows, size):
+            part = traj.index(slice(first, first + size))
+            for j in range(steps):
+                step = torch.full((len(part.log_probs),), j, device=out.device)
+                out[first : first + len(step), j] = self.sampler.step_log_prob(
+                    self.model.unet, self.model.scheduler, part, step, negative, self.train_guidance)
+        return out
+
     # -- micro-batches --------------------------------------------------------------------------
     @property
     def trained_interval(self) -> tuple[int, int]:

@@ -144,7 +144,7 @@ class DFusion(FusedPairs, DPO):
         prompts, traj, rewards, images = self.grouped_rollout(self.prompts_per_round, self.samples_per_prompt,
                                                              self.sample_batch_size)
         target, target_rewards, _, bases = self.fuse(prompts, traj, rewards, images, self.sample_batch_size)
-        target.log_probs = self.policy_log_probs(target)
+        target.log_probs = self.step_log_probs(target)  # under the unfused policy
         showcase = self.showcase
         prompts = prompts + [prompts[i] for i in bases]
         rewards = torch.cat([rewards, target_rewards])
@@ -156,16 +156,6 @@ class DFusion(FusedPairs, DPO):
         self.log_rollout(images, prompts, rewards, round_rewards)
         self.showcase = showcase  # the triplets, not the plain samples
         return batches
-
-    @torch.no_grad()
-    def policy_log_probs(self, traj: Trajectory) -> torch.Tensor:
-        negative = self.model.encode_prompts([""])
-        out = torch.empty_like(traj.log_probs)
-        for j in range(out.shape[1]):
-            step = torch.full((out.shape[0],), j, device=out.device)
-            out[:, j] = self.sampler.step_log_prob(self.model.unet, self.model.scheduler, traj, step, negative,
-                                                   self.train_guidance)
-        return out
 
 
 def dfusion(algo: str = "dpo", clip_range: float = 1e-4, adv_clip_max: float = 5.0, objective=None, **kwargs):

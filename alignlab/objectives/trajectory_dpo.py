@@ -10,7 +10,6 @@ import torch.nn.functional as F
 
 from alignlab.models import frozen_reference
 from alignlab.objectives.preference import DPOStats, record
-from alignlab.samplers.ddim import Trajectory
 
 
 def trajectory_dpo_loss(
@@ -46,24 +45,10 @@ class TrajectoryDPO:
         self.beta, self.clip_eps = beta, clip_eps
 
     def prepare(self, method) -> None:
+        """log π_ref of every stored step under the frozen model, once per round."""
         if len(method.buffer["winners"]):
-            method.buffer["ref_log_probs"] = self.reference_log_probs(method, method.buffer["traj"])
-
-    @torch.no_grad()
-    def reference_log_probs(self, method, traj: Trajectory) -> torch.Tensor:
-        """log π_ref of every stored step under the frozen model, in batches of the method's sample batch size."""
-        model = method.model
-        negative = model.encode_prompts([""])
-        rows, steps = traj.log_probs.shape
-        out = torch.empty_like(traj.log_probs)
-        with frozen_reference(model):
-            for first in range(0, rows, method.sample_batch_size):
-                part = traj.index(slice(first, first + method.sample_batch_size))
-                for j in range(steps):
-                    step = torch.full((len(part.log_probs),), j, device=out.device)
-                    out[first : first + len(step), j] = method.sampler.step_log_prob(
-                        model.unet, model.scheduler, part, step, negative, method.train_guidance)
-        return out
+            with frozen_reference(method.model):
+                method.buffer["ref_log_probs"] = method.step_log_probs(method.buffer["traj"], method.sample_batch_size)
 
     def backward_passes(self, method) -> int:
         return method.train_timesteps
