@@ -175,12 +175,11 @@ def shape_forgiven(spec, image) -> bool | None:
 def fusion_gap(run_dir: Path) -> None:
     """Gate 4 of world v2, from a `method=dfusion` run's metrics rows: the share of the reward gap between base
     and reference that the fused targets close, mean over rounds, and the range of the fused masks' coverage."""
-    import json
-
     import numpy as np
 
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if "reward_target" in r]
+    from alignlab.training.artifacts import read_metrics
+
+    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "reward_target" in r]
     if not rows:
         raise SystemExit(f"{run_dir}/metrics.jsonl has no reward_target rows: not a method=dfusion run")
     reference = np.mean([r["reward_reference"] - r["reward_base"] for r in rows])
