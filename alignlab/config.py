@@ -57,6 +57,8 @@ class DDPOConfig:
     stat_buffer_size: int = 16  # a prompt's last rewards its statistics use
     stat_min_count: int = 16  # ... once it has this many (before: the round's)
     log_images: int = 16  # samples in the round's grid
+    # null: a random prompt per image (DDPO); N: the round's prompts drawn N images each (GRPO's groups)
+    images_per_prompt: Optional[int] = None
     objective: Any = None  # {_target_: ...}: another objective for this round builder (docs/extending.md)
 
 
@@ -220,8 +222,9 @@ def public_groups() -> str:
     from pathlib import Path
 
     conf = Path(__file__).resolve().parent.parent / "conf"
-    groups = sorted(d for d in conf.iterdir() if d.is_dir() and d.name != "hydra")
-    return "\n".join(f"{d.name}: {', '.join(sorted(f.stem for f in d.glob('*.yaml')))}" for d in groups)
+    groups = sorted(d for d in conf.rglob("*") if d.is_dir() and "hydra" not in d.relative_to(conf).parts)
+    return "\n".join(f"{d.relative_to(conf).as_posix()}: {', '.join(sorted(f.stem for f in d.glob('*.yaml')))}"
+                     for d in groups)
 
 
 OmegaConf.register_new_resolver("alignlab_groups", public_groups, replace=True)

@@ -1,7 +1,7 @@
 """The miniature study (issue 10): the three papers' claims on the shapes world at fixed sample budgets, over
 seeds (mean ± std), the world's oracle (gold) next to the world CLIP (proxy) everywhere.
 
-    python experiments/study.py <asyndm|b2diffurl|dfusion|combos|all> ... [--seeds 0 1 2] [--rounds 20] [--smoke]
+    python experiments/study.py <asyndm|b2diffurl|dfusion|combos|objectives|all> ... [--seeds 0 1 2] [--rounds 20] [--smoke]
                                 [--out DIR]
 
 An arm is a list of Hydra overrides for `python -m alignlab.run`, run once per seed in
@@ -43,7 +43,7 @@ SMOKE = {  # per method: a round of a handful of images; --smoke adds them to ev
     "all": ["trainer.max_epochs=1", "eval.every=1", "eval.max_prompts=2", "eval.samples_per_prompt=2",
             "sampler.num_steps=4", "prompts.per_category=1"],
     "ddpo": ["method.sample_batch_size=4", "method.num_batches_per_round=1", "method.train_batch_size=4",
-             "method.gradient_accumulation_steps=1"],
+             "method.gradient_accumulation_steps=1", "method.images_per_prompt=2"],
     "b2diffurl": ["method.sample_batch_size=2", "method.num_batches_per_round=1", "method.num_branches=2",
                   "method.split_step_min=2", "method.split_step_max=4", "method.num_stages=2",
                   "method.train_batch_size=4", "method.gradient_accumulation_steps=1", "method.num_inner_epochs=1"],
@@ -76,6 +76,14 @@ ARMS = {arm.name: arm for arm in [
                                             "method.gradient_accumulation_steps=9", "method.num_inner_epochs=1")),
     Arm("b2diffurl_asyn", "B²-DiffuRL + DDPO, sampler=asyn", ("method=b2diffurl", "sampler=asyn")),
     Arm("b2diffurl_dpo", "B²-DiffuRL + DPO pairs", ("method=b2diffurl", "method.algo=dpo")),
+    # the objectives that followed DDPO (docs/objectives.md), on plain rollouts (the round's 4 train prompts x 16
+    # images are the groups) and on B²-DiffuRL's branch families
+    Arm("ddpo_grpo", "DDPO rollouts + GRPO", ("method=ddpo", "method/objective=grpo", "method.images_per_prompt=16")),
+    Arm("ddpo_dpok", "DDPO rollouts + DPOK", ("method=ddpo", "method/objective=dpok")),
+    Arm("ddpo_nft", "DDPO rollouts + DiffusionNFT", ("method=ddpo", "method/objective=nft",
+                                                    "method.images_per_prompt=16")),
+    Arm("b2diffurl_grpo", "B²-DiffuRL families + GRPO", ("method=b2diffurl", "method/objective=grpo")),
+    Arm("b2diffurl_nft", "B²-DiffuRL families + DiffusionNFT", ("method=b2diffurl", "method/objective=nft")),
     Arm("asyndm", "AsynDM: bin, dynamic, k = 0.5", tuple(ASYNDM_BUDGET)),  # the grammar's k of these prompts
     Arm("asyndm_static", "AsynDM: static masks", (*ASYNDM_BUDGET, "sampler.mask_mode=static")),
     Arm("asyndm_lin", "AsynDM: lin curve", (*ASYNDM_BUDGET, "sampler.curve=lin")),
@@ -96,8 +104,9 @@ class Experiment:
 
 
 RL_NOTE = ("Budget: 20 rounds of 64 policy images per arm (the world's default job), world-CLIP reward, "
-           "prompts=world (8 train, 8 test prompts); held-out curve every 2 rounds (8 test prompts x 4 images, "
-           "fixed noise); final evaluation of the last and the pre-trained weights: 8 prompts x 8 images per split. "
+           "prompts=world (4 train, 4 test prompts at its default per_category 2; 8 and 8 when docs/results.md's "
+           "experiments 2-4 were measured); held-out curve every 2 rounds (up to 8 test prompts x 4 images, fixed "
+           "noise); final evaluation of the last and the pre-trained weights: up to 8 prompts x 8 images per split. "
            "Diversity: mean pairwise cosine distance of a prompt's world-CLIP image embeddings.")
 EXPERIMENTS = {
     "asyndm": Experiment("AsynDM: DM vs DM_concave vs AsynDM (training-free)",
@@ -116,6 +125,9 @@ EXPERIMENTS = {
                            "D-Fusion + DPO uses them as its pairs' winners and does not count them.")),
     "combos": Experiment("Combinations none of the papers tried", ("b2diffurl", "b2diffurl_asyn", "b2diffurl_dpo"),
                          (RL_NOTE,)),
+    "objectives": Experiment("Objectives after DDPO: GRPO, DPOK and DiffusionNFT on plain rollouts and branch families",
+                             ("ddpo", "ddpo_grpo", "ddpo_dpok", "ddpo_nft", "b2diffurl", "b2diffurl_grpo",
+                              "b2diffurl_nft"), (RL_NOTE,)),
 }
 
 

@@ -45,11 +45,16 @@ def merge_overrides(*lists) -> list[str]:
     return list(merged.values())
 
 
-def add_time(run_dir: Path, key: str, seconds: float) -> None:
+def add_time(run_dir: Path, key: str, seconds: float) -> bool:
+    """Add `seconds` to the directory's study_time.json once the run has started there (alignlab.run refuses to
+    start in a directory holding files it did not write): False while it has not, so the time is added later."""
+    if not (run_dir / ".hydra").is_dir():
+        return False
     path = run_dir / "study_time.json"
     times = json.loads(path.read_text()) if path.exists() else {}
     times[key] = times.get(key, 0.0) + seconds
     path.write_text(json.dumps(times) + "\n")
+    return True
 
 
 def wall_time(run_dir: Path) -> dict[str, float]:
@@ -85,8 +90,8 @@ def launch(run_dir: Path, overrides: list[str], rounds: int | None, tag: str) ->
                 break
             except subprocess.TimeoutExpired:
                 now = time.monotonic()
-                add_time(run_dir, "run_s", now - counted)
-                counted = now
+                if add_time(run_dir, "run_s", now - counted):
+                    counted = now
                 done = len(read_metrics(run_dir / "metrics.jsonl"))
                 if rounds and done != shown:
                     print(f"  {tag}: round {done}/{rounds} ({now - start:.0f} s)", flush=True)

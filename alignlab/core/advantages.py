@@ -1,4 +1,5 @@
-"""Advantages from rewards: DDPO's per-prompt statistics tracker and the plain batch z-score."""
+"""Advantages from rewards: DDPO's per-prompt statistics tracker, the plain batch z-score and GRPO's group
+normalisation."""
 
 from __future__ import annotations
 
@@ -11,6 +12,26 @@ EPS = 1e-6
 
 def batch_zscore(rewards: torch.Tensor) -> torch.Tensor:
     return (rewards - rewards.mean()) / (rewards.std(unbiased=False) + EPS)
+
+
+GROUP_STD = ("round_std", "group_std")
+
+
+def group_zscore(groups: list, rewards: torch.Tensor, std: str = "round_std") -> torch.Tensor:
+    """Each reward minus the mean of its group (rows with the same key: a prompt's samples in the round, a branch
+    family's siblings), divided by the whole round's std (`round_std`: flow_grpo's and DiffusionNFT's default) or
+    by its group's (`group_std`: GRPO as first written), + 1e-4 as they do. A group of one gets 0."""
+    if std not in GROUP_STD:
+        raise ValueError(f"std must be one of {GROUP_STD}, got {std!r}")
+    values = rewards.detach().double().cpu()
+    advantages = torch.empty_like(values)
+    round_std = values.std(unbiased=False)
+    for key in dict.fromkeys(groups):
+        rows = torch.tensor([g == key for g in groups])
+        group = values[rows]
+        scale = group.std(unbiased=False) if std == "group_std" else round_std
+        advantages[rows] = (group - group.mean()) / (scale + 1e-4)
+    return advantages.to(rewards.device, torch.float32)
 
 
 class PerPromptStatTracker:

@@ -22,7 +22,7 @@ class StepResult:
     std: torch.Tensor
 
 
-def _broadcast(t: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+def broadcast_timestep(t: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
     """Shape a scalar, (B,) or (B, h, w) tensor so that it broadcasts against (B, C, h, w)."""
     if t.ndim == 0:
         return t
@@ -38,6 +38,19 @@ def alphas_at(alphas_cumprod: torch.Tensor, timestep: torch.Tensor, final_alpha_
     index = timestep.long()
     alphas = alphas_cumprod.to(index.device)[index.clamp(min=0)]
     return torch.where(index >= 0, alphas, torch.as_tensor(final_alpha_cumprod, dtype=alphas.dtype))
+
+
+def x0_and_eps(scheduler, model_output: torch.Tensor, alpha_t: torch.Tensor, x_t: torch.Tensor):
+    """(x̂0, ε̂) a model output implies at x_t = √ā x0 + √(1−ā) ε, for the scheduler's prediction type
+    (ε- or v-prediction); `alpha_t` is ā, shaped to broadcast against x_t."""
+    beta_t = 1 - alpha_t
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return (x_t - beta_t.sqrt() * model_output) / alpha_t.sqrt(), model_output
+    if kind == "v_prediction":
+        return (alpha_t.sqrt() * x_t - beta_t.sqrt() * model_output,
+                alpha_t.sqrt() * model_output + beta_t.sqrt() * x_t)
+    raise ValueError(f"prediction_type {kind!r} is not supported (epsilon or v_prediction)")
 
 
 def ddim_step(
@@ -62,20 +75,12 @@ def ddim_step(
     t = torch.as_tensor(timestep, device=device)
     t_prev = torch.as_tensor(prev_timestep, device=device)
     final = float(scheduler.final_alpha_cumprod)
-    alpha_t = _broadcast(alphas_at(scheduler.alphas_cumprod, t, final), sample).to(torch.float32)
-    alpha_p = _broadcast(alphas_at(scheduler.alphas_cumprod, t_prev, final), sample).to(torch.float32)
+    alpha_t = broadcast_timestep(alphas_at(scheduler.alphas_cumprod, t, final), sample).to(torch.float32)
+    alpha_p = broadcast_timestep(alphas_at(scheduler.alphas_cumprod, t_prev, final), sample).to(torch.float32)
     beta_t = 1 - alpha_t
 
     x_t = sample.float()
-    eps = model_output.float()
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        x0 = (x_t - beta_t.sqrt() * eps) / alpha_t.sqrt()
-    elif kind == "v_prediction":
-        x0 = alpha_t.sqrt() * x_t - beta_t.sqrt() * eps
-        eps = alpha_t.sqrt() * eps + beta_t.sqrt() * x_t
-    else:
-        raise ValueError(f"prediction_type {kind!r} is not supported (epsilon or v_prediction)")
+    x0, eps = x0_and_eps(scheduler, model_output.float(), alpha_t, x_t)
     if scheduler.config.clip_sample:
         limit = scheduler.config.clip_sample_range
         x0 = x0.clamp(-limit, limit)

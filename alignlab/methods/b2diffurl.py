@@ -7,6 +7,7 @@ import math
 
 import torch
 
+from alignlab.core.advantages import group_zscore
 from alignlab.core.branching import branch_sample
 from alignlab.core.stages import StageZScores, select_siblings, split_step
 from alignlab.errors import ConfigError, require_at_least_one
@@ -75,6 +76,9 @@ class B2DiffuRL(DDPO):
         self.beta1, self.beta2 = beta1, beta2
         self.zscores = StageZScores(history_cnt)
 
+    def warn_if_groups_are_small(self) -> None:
+        """Each family's K siblings are a group of one prompt's samples."""
+
     @property
     def split_step(self) -> int:
         """Number of final steps this stage branches and trains."""
@@ -112,7 +116,11 @@ class B2DiffuRL(DDPO):
         prompts = self.family_prompts()
         traj, rewards, images = self.rollout(prompts, self.sample_batch_size * k, self.generator(2))
         round_prompts, round_rewards, mine = self.gather_round(prompts, rewards)
-        z = self.zscores.update(round_prompts, round_rewards)[mine]
+        if self.objective.group_advantages:  # GRPO-style objectives: each family's siblings are the group
+            families = [row // k for row in range(len(round_prompts))]
+            z = group_zscore(families, round_rewards, self.objective.group_advantages)[mine]
+        else:
+            z = self.zscores.update(round_prompts, round_rewards)[mine]
         if self.objective.trains_on == "pairs":
             batches = self.pair_round(traj, rewards, z.view(-1, k))
         else:

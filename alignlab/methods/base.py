@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from alignlab.core.advantages import PerPromptStatTracker, batch_zscore
+from alignlab.core.advantages import PerPromptStatTracker, batch_zscore, group_zscore
 from alignlab.eval.judge import judge_images, oracle_stats
 from alignlab.samplers.ddim import Trajectory
 from alignlab.samplers.generation import decode_and_score, sample_prompts
@@ -212,7 +212,8 @@ class RLMethod(L.LightningModule):
     def micro_batches(self, total: int, generator: torch.Generator) -> list[dict]:
         """`num_inner_epochs` passes over `total` rows (samples, or pairs for a preference objective) in shuffled
         micro-batches of `train_batch_size`, each row with a random order of the trained steps; for an objective
-        that re-noises final latents (Diffusion-DPO), a timestep and noise per row."""
+        that re-noises final latents, a random timestep and noise per row (`renoise="random_t"`: Diffusion-DPO) or
+        noise per trained step (`"trained_steps"`: DiffusionNFT)."""
         first_step, end_step = self.trained_interval
         train_t = self.model.scheduler.config.num_train_timesteps
         batches = []
@@ -223,9 +224,12 @@ class RLMethod(L.LightningModule):
             for first in range(0, total, self.train_batch_size):
                 rows = order[first : first + self.train_batch_size]
                 batch = {"rows": rows, "steps": step_order[rows, : self.train_timesteps]}
-                if self.objective.renoised:
+                if self.objective.renoise == "random_t":
                     batch["t"] = torch.randint(train_t, (len(rows),), generator=generator)
                     batch["noise"] = torch.randn(self.model.latent_shape(len(rows)), generator=generator)
+                elif self.objective.renoise == "trained_steps":
+                    shape = self.model.latent_shape(len(rows))
+                    batch["noise"] = torch.randn((shape[0], self.train_timesteps, *shape[1:]), generator=generator)
                 batches.append(batch)
         return batches
 
@@ -237,7 +241,11 @@ class RLMethod(L.LightningModule):
         self.tracker = PerPromptStatTracker(buffer_size, min_count) if enabled else None
 
     def advantages(self, prompts: list[str], rewards: torch.Tensor) -> torch.Tensor:
-        """Normalised rewards of the whole round (all ranks' rows: see gather_round)."""
+        """Normalised rewards of the whole round (all ranks' rows: see gather_round): within each prompt's group of
+        this round when the objective asks for group advantages (GRPO, DiffusionNFT), else by the per-prompt
+        statistics tracker or the round's z-score."""
+        if self.objective.group_advantages:
+            return group_zscore(prompts, rewards, self.objective.group_advantages)
         return self.tracker.update(prompts, rewards) if self.tracker else batch_zscore(rewards)
 
     def log_rollout(self, images: torch.Tensor, prompts: list[str], rewards: torch.Tensor,

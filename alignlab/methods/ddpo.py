@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -10,6 +11,8 @@ import torch
 from alignlab.errors import ConfigError, require_at_least_one, require_positive
 from alignlab.methods.base import RLMethod
 from alignlab.objectives import PPOClip
+
+log = logging.getLogger("alignlab")
 
 
 class DDPO(RLMethod):
@@ -37,6 +40,7 @@ class DDPO(RLMethod):
         stat_buffer_size: int = 16,
         stat_min_count: int = 16,
         log_images: int = 16,
+        images_per_prompt: int | None = None,
         objective=None,
     ):
         """`objective`: PPO-clip with DDPO's advantage clip unless a subclass gives another."""
@@ -67,7 +71,21 @@ class DDPO(RLMethod):
         self.adv_clip_max = adv_clip_max
         self.train_guidance = sampler.guidance_scale if train_cfg else 1.0
         self.track_prompts(per_prompt_stat_tracking, stat_buffer_size, stat_min_count)
+        self.images_per_prompt = images_per_prompt
+        if images_per_prompt is not None and (images_per_prompt < 1 or self.samples_per_round % images_per_prompt):
+            raise ConfigError(f"method.images_per_prompt must divide the round's {self.samples_per_round} images "
+                              f"(sample_batch_size x num_batches_per_round), got {images_per_prompt}")
+        self.warn_if_groups_are_small()
         self.buffer: dict = {}
+
+    def warn_if_groups_are_small(self) -> None:
+        """An objective with group advantages compares each sample with the round's others of its prompt: a
+        round that draws a random prompt per image from many prompts has few."""
+        if self.objective.group_advantages and self.images_per_prompt is None \
+                and len(self.prompts.train) * 2 > self.samples_per_round:
+            log.warning("%s compares each sample with the round's other samples of its prompt, and a round of %d "
+                        "images drawn from %d prompts has few: set method.images_per_prompt (e.g. 8)",
+                        type(self.objective).__name__, self.samples_per_round, len(self.prompts.train))
 
     @property
     def samples_per_round(self) -> int:
@@ -86,10 +104,14 @@ class DDPO(RLMethod):
         return self.buffer["micro_batches"]
 
     def start_round(self) -> list[dict]:
-        prompts = self.share_of_round(self.prompts.sample(self.samples_per_round * self.world_size,
-                                                          self.generator(0)))
-        generators = [self.generator(2, row) for row in range(len(prompts))]
-        traj, rewards, images = self.rollout(prompts, self.sample_batch_size, generators)
+        if self.images_per_prompt:  # groups of images per prompt (GRPO's), distinct prompts where there are enough
+            prompts, traj, rewards, images = self.grouped_rollout(self.samples_per_round // self.images_per_prompt,
+                                                                 self.images_per_prompt, self.sample_batch_size)
+        else:  # DDPO: a random prompt per image
+            prompts = self.share_of_round(self.prompts.sample(self.samples_per_round * self.world_size,
+                                                              self.generator(0)))
+            generators = [self.generator(2, row) for row in range(len(prompts))]
+            traj, rewards, images = self.rollout(prompts, self.sample_batch_size, generators)
         keep = torch.isfinite(rewards)  # a sample whose reward is NaN/inf is dropped (counted by rollout)
         if not bool(keep.all()):
             rows = keep.nonzero()[:, 0]

@@ -1,4 +1,5 @@
-"""LoRA on the UNet through peft, the frozen reference, and export a diffusers pipeline can load."""
+"""LoRA on the UNet through peft, the frozen reference, earlier weights held for a moment, and export a
+diffusers pipeline can load."""
 
 from __future__ import annotations
 
@@ -63,6 +64,23 @@ def frozen_reference(model: DiffusionModel) -> Iterator[None]:
         yield
     finally:
         model.unet.enable_adapters()
+
+
+@contextmanager
+def weights_held(model: DiffusionModel, values: list[torch.Tensor]) -> Iterator[None]:
+    """The trainable parameters set to `values` (e.g. the round's sampling policy, snapshotted when the round
+    began) inside the block, the current ones restored after it."""
+    params = trainable_parameters(model)
+    current = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for param, value in zip(params, values, strict=True):
+            param.copy_(value)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for param, value in zip(params, current, strict=True):
+                param.copy_(value)
 
 
 def save_lora(model: DiffusionModel, directory: str | Path) -> None:

@@ -30,7 +30,8 @@ class DiffusionDPO:
     """Trains micro-batches {"rows": indices into buffer["winners"] / ["losers"], "t": (pairs,) timesteps,
     "noise": (pairs, *latent) noise} with one backward pass each."""
 
-    trains_on, renoised, needs_reference = "pairs", True, True
+    trains_on, renoise, needs_reference = "pairs", "random_t", True
+    group_advantages = None
 
     def __init__(self, beta_dpo: float = 2500.0):
         self.beta_dpo = beta_dpo

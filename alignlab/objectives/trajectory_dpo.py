@@ -39,7 +39,8 @@ class TrajectoryDPO:
     """Trains micro-batches {"rows": indices into buffer["winners"] / ["losers"], "steps": (pairs, n) step
     indices}; `prepare` scores every stored step under the frozen reference once per round."""
 
-    trains_on, renoised, needs_reference = "pairs", False, True
+    trains_on, renoise, needs_reference = "pairs", None, True
+    group_advantages = None
 
     def __init__(self, beta: float = 0.1, clip_eps: float | None = 0.1):
         self.beta, self.clip_eps = beta, clip_eps

@@ -7,8 +7,10 @@ images through one of these, so a new sampler plugs in everywhere by keeping thi
   a full rollout from fresh noise drawn from `generator`, recording every latent and step log-probability;
 - `denoise(..., latents, ..., generator, start, end) -> Trajectory`: steps [start, end) from a given state,
   so a shared prefix can be continued in several branches (B²-DiffuRL);
-- `step_log_prob(unet, scheduler, trajectory, step, negative_embeds, guidance_scale) -> Tensor`: re-scores
-  stored steps under the current weights (the policy-gradient and DPO losses).
+- `rescore(unet, scheduler, trajectory, step, negative_embeds, guidance_scale) -> StepResult`: re-scores
+  stored steps under the current weights: each step's Gaussian (mean, std) and log-probability (the
+  policy-gradient and DPO losses read the log-probability, a KL to the frozen reference the means);
+  `step_log_prob(...)` is its log-probability.
 
 `generation.py` is the one path from prompts to scored images (sample, decode, score) built on `sample`.
 """

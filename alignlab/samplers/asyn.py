@@ -125,9 +125,9 @@ class AsynSampler(DDIMSampler):
         return self._denoise(unet, scheduler, latents, prompt_embeds, negative_embeds, generator, start, end, state,
                              state.items, on_attention)
 
-    def step_log_prob(self, unet, scheduler, traj: Trajectory, step, negative_embeds, guidance_scale=None):
-        """As DDIMSampler.step_log_prob, with the stored per-pixel timestep maps."""
-        return super().step_log_prob(PerPixelUNet(unet), scheduler, traj, step, negative_embeds, guidance_scale)
+    def rescore(self, unet, scheduler, traj: Trajectory, step, negative_embeds, guidance_scale=None):
+        """As DDIMSampler.rescore, with the stored per-pixel timestep maps."""
+        return super().rescore(PerPixelUNet(unet), scheduler, traj, step, negative_embeds, guidance_scale)
 
     # -- internals ----------------------------------------------------------------------------
     def _check_items(self, items: ItemBatch | None, batch: int) -> ItemBatch:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 import torch
 from tqdm.auto import tqdm
 
-from alignlab.core.ddim import ddim_step
+from alignlab.core.ddim import StepResult, ddim_step
 from alignlab.errors import ConfigError, require_at_least_one
 
 
@@ -126,15 +126,23 @@ class DDIMSampler:
         latents = latents * scheduler.init_noise_sigma
         return self.denoise(unet, scheduler, latents, prompt_embeds, negative_embeds, generator)
 
-    def step_log_prob(
+    def rescore(
         self, unet, scheduler, traj: Trajectory, step: torch.Tensor, negative_embeds,
         guidance_scale: float | None = None,
-    ) -> torch.Tensor:
-        """log p(x_t' | x_t) of stored step `step` (one index per sample) under the current weights;
-        `guidance_scale` overrides the sampler's (1.0 = no CFG in the training forward)."""
+    ) -> StepResult:
+        """Stored step `step` (one index per sample) under the current weights: the step's Gaussian (mean, std)
+        and log p(x_t' | x_t) of the stored x_t'; `guidance_scale` overrides the sampler's (1.0 = no CFG in the
+        training forward). The policy-gradient losses read the log-probability, a KL to the reference the mean."""
         rows = torch.arange(traj.latents.shape[0], device=step.device)
         x_t, x_prev = traj.latents[rows, step], traj.latents[rows, step + 1]
         t, t_prev = traj.timesteps[rows, step], traj.prev_timesteps[rows, step]
         scale = self.guidance_scale if guidance_scale is None else guidance_scale
         eps = guided_noise(unet, x_t, t, traj.prompt_embeds, negative_embeds, scale)
-        return ddim_step(scheduler, eps, t, t_prev, x_t, self.eta, prev_sample=x_prev).log_prob
+        return ddim_step(scheduler, eps, t, t_prev, x_t, self.eta, prev_sample=x_prev)
+
+    def step_log_prob(
+        self, unet, scheduler, traj: Trajectory, step: torch.Tensor, negative_embeds,
+        guidance_scale: float | None = None,
+    ) -> torch.Tensor:
+        """log p(x_t' | x_t) of stored step `step` under the current weights (see rescore)."""
+        return self.rescore(unet, scheduler, traj, step, negative_embeds, guidance_scale).log_prob

@@ -72,6 +72,26 @@ def test_ddpo_paper_preset_has_the_papers_settings(tmp_path):
     assert cfg.model.pretrained == "runwayml/stable-diffusion-v1-5"
 
 
+@pytest.mark.parametrize("preset, objective, settings", [
+    ("grpo_paper", "GRPO", {"clip_range": 1e-4, "advantage_limit": 5.0, "kl_weight": 0.04,
+                            "group_advantages": "round_std"}),
+    ("nft_paper", "DiffusionNFT", {"beta": 1.0, "advantage_limit": 5.0, "kl_weight": 1e-4,
+                                   "group_advantages": "round_std"}),
+    ("dpok_paper", "DPOK", {"clip_range": 1e-4, "reward_weight": 10.0, "kl_weight": 0.01}),
+])
+def test_objective_paper_presets_have_the_papers_settings(preset, objective, settings, tmp_path):
+    cfg = compose_config(tmp_path, [f"experiment={preset}"])
+    built = instantiate(cfg.method.objective)
+    assert type(built).__name__ == objective and {k: getattr(built, k) for k in settings} == settings
+    assert cfg.model.pretrained == "runwayml/stable-diffusion-v1-5"
+    if preset != "dpok_paper":  # flow_grpo's and DiffusionNFT's GenEval rounds: 48 groups of 24, LoRA 32 / 64
+        assert cfg.method.images_per_prompt == 24 and cfg.sampler.num_steps == 10
+        assert cfg.method.sample_batch_size * cfg.method.num_batches_per_round == 48 * 24
+        assert (cfg.finetune.rank, cfg.finetune.alpha, cfg.optimizer.lr) == (32, 64, 3e-4)
+    else:
+        assert (cfg.finetune.rank, cfg.optimizer.lr, cfg.sampler.guidance_scale) == (4, 1e-5, 7.5)
+
+
 def test_schema_rejects_wrong_types_and_unknown_keys(tmp_path):
     from hydra.errors import ConfigCompositionException
 
@@ -89,6 +109,10 @@ def test_schema_rejects_wrong_types_and_unknown_keys(tmp_path):
     (["method=dfusion", "method.algo=ddpo"], ("PPOClip", "clip_range", 1e-4)),
     (["method=b2diffurl", "method.algo=dpo"], ("TrajectoryDPO", "beta", 0.1)),
     (["method=dpo", "method.loss=diffusion_dpo"], ("DiffusionDPO", "beta_dpo", 2500.0)),
+    (["method=ddpo", "method/objective=grpo", "method.images_per_prompt=8"], ("GRPO", "kl_weight", 0.04)),
+    (["method=dfusion", "method.algo=ddpo", "method/objective=dpok"], ("DPOK", "reward_weight", 10.0)),
+    (["method=b2diffurl", "method/objective=nft", "method.objective.beta=0.5"], ("DiffusionNFT", "beta", 0.5)),
+    (["method=b2diffurl", "method/objective=trajectory_dpo"], ("TrajectoryDPO", "beta", 0.1)),
 ])
 def test_the_objective_is_the_configs_own_or_method_objective(overrides, expected, tmp_path):
     """Each round builder trains with the objective its preset names, and `method.objective` replaces it with

@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "experiments"))
 import study_runs  # noqa: E402
 from study_tables import paired_gains, signed_cell  # noqa: E402
 
-RL_EXPERIMENTS = ("b2diffurl", "dfusion", "combos")
+RL_EXPERIMENTS = ("b2diffurl", "dfusion", "combos", "objectives")
 VARIANTS = ("dm", "dm_concave", "asyndm")
 
 
@@ -130,10 +130,34 @@ def test_a_run_killed_mid_way_keeps_the_time_it_had_taken(tmp_path, monkeypatch)
     monkeypatch.setattr(study_runs, "time", SimpleNamespace(monotonic=lambda: next(clock)))
     monkeypatch.setattr(study_runs, "subprocess", SimpleNamespace(
         Popen=lambda *args, **kwargs: Process(), STDOUT=subprocess.STDOUT, TimeoutExpired=subprocess.TimeoutExpired))
+    (tmp_path / ".hydra").mkdir()  # the run had started
     study_runs.add_time(tmp_path, "run_s", 7.0)  # an earlier launch of the same run
     with pytest.raises(Killed):
         study_runs.launch(tmp_path, ["seed=0"], 20, "test")
     assert study_runs.wall_time(tmp_path) == {"run_s": 7.0 + 10.0}
+
+
+def test_the_time_is_written_once_the_run_has_started(tmp_path, monkeypatch):
+    """alignlab.run refuses a directory with files it did not write, so a poll before the run has started (its
+    .hydra/ exists) writes nothing; the seconds are counted at the next poll."""
+    clock = iter([100.0, 105.0, 110.0, 115.0])
+
+    class Process:
+        polls, returncode = 0, 0
+
+        def wait(self, timeout):
+            self.polls += 1
+            if self.polls == 2:  # the run starts between the first and the second poll
+                assert not (tmp_path / "study_time.json").exists()
+                (tmp_path / ".hydra").mkdir()
+            if self.polls < 3:
+                raise subprocess.TimeoutExpired("alignlab.run", timeout)
+
+    monkeypatch.setattr(study_runs, "time", SimpleNamespace(monotonic=lambda: next(clock)))
+    monkeypatch.setattr(study_runs, "subprocess", SimpleNamespace(
+        Popen=lambda *args, **kwargs: Process(), STDOUT=subprocess.STDOUT, TimeoutExpired=subprocess.TimeoutExpired))
+    study_runs.launch(tmp_path, ["seed=0"], 20, "test")
+    assert study_runs.wall_time(tmp_path) == {"run_s": 15.0}
 
 
 @pytest.mark.slow
@@ -142,7 +166,8 @@ def test_shared_arms_are_one_run_and_a_rerun_redoes_nothing(out):
     assert rows["b2diffurl"]["ddpo"]["runs"] == rows["dfusion"]["ddpo"]["runs"]
     assert rows["b2diffurl"]["b2diffurl"]["runs"] == rows["combos"]["b2diffurl"]["runs"]
     times = {path: path.read_text() for path in out.glob("runs/*/seed0/study_time.json")}
-    assert len(times) == 6 + 2 + 5 + 2  # distinct arms: AsynDM 6, DDPO and B²-DiffuRL, D-Fusion's 5, combos' 2
+    # distinct arms: AsynDM 6, DDPO and B²-DiffuRL, D-Fusion's 5, combos' 2, the objectives' 5
+    assert len(times) == 6 + 2 + 5 + 2 + 5
     result = study("all", "--smoke", "--out", str(out))
-    assert result.returncode == 0 and result.stdout.count("finished already") == 6 + 2 + 6 + 3
+    assert result.returncode == 0 and result.stdout.count("finished already") == 6 + 2 + 6 + 3 + 7
     assert {path: path.read_text() for path in out.glob("runs/*/seed0/study_time.json")} == times
