@@ -110,7 +110,7 @@ def build(cfg: DictConfig, run_dir: Path):
     """Instantiate every component; all validation happens here, before anything is written."""
     import lightning as L
 
-    from alignlab.eval.callback import EvalCallback
+    from alignlab.eval.held_out import HeldOutEvaluation
     from alignlab.rewards import preload
     from alignlab.training.callbacks import ExportWeights, RoundRecorder
     from alignlab.training.checkpoints import AtomicCheckpointIO, RoundCheckpoints
@@ -121,8 +121,8 @@ def build(cfg: DictConfig, run_dir: Path):
     L.seed_everything(cfg.seed, verbose=False)  # LoRA init; rollouts use their own per-round generators
     model = build_model(cfg)
     method = instantiate(cfg.method, model=model, optimizer=build_optimizer(cfg, model), seed=cfg.seed, **parts)
+    method.evaluation = HeldOutEvaluation(run_dir, **cfg.eval)
     callbacks = [
-        EvalCallback(run_dir, **cfg.eval),  # before RoundRecorder: it adds eval/* to the round's row
         RoundRecorder(run_dir),
         *([RoundProgress()] if cfg.trainer.get("enable_progress_bar", True) else []),  # shows RoundRecorder's row
         ExportWeights(run_dir),

@@ -1,8 +1,8 @@
 """The miniature study (issue 10): the three papers' claims on the shapes world at fixed sample budgets, over
 seeds (mean ± std), the world's oracle (gold) next to the world CLIP (proxy) everywhere.
 
-    python experiments/study.py <asyndm|b2diffurl|dfusion|combos|objectives|all> ... [--seeds 0 1 2] [--rounds 20] [--smoke]
-                                [--out DIR]
+    python experiments/study.py <asyndm|b2diffurl|dfusion|combos|objectives|all> ... [--seeds 0 1 2]
+                                [--rounds 20] [--smoke] [--out DIR]
 
 An arm is a list of Hydra overrides for `python -m alignlab.run`, run once per seed in
 <out>/runs/<arm>/seed<N> (experiments that share an arm share its runs). RL arms train for 20 rounds of 64

@@ -8,6 +8,7 @@ model draws each category.
     python experiments/world_probe.py clean --out DIR [--steps 1500]  # text encoder + clean UNet
     python experiments/world_probe.py accuracy --weights DIR [--split test] [--per-category 6] [--num-steps 10]
     python experiments/world_probe.py clip-edits [--weights DIR] [--split test]  # the CLIP on each kind of edit
+    python experiments/world_probe.py clip-more --out DIR [--steps 3000]  # continue the shipped CLIP
     python experiments/world_probe.py fusion-gap --out RUN_DIR             # a method=dfusion run's targets (gate 4)
 
 `clean` resumes from DIR's checkpoints, so rerunning it with more --steps continues the same run (the cosine
@@ -102,6 +103,14 @@ def clean(out: Path, steps: int) -> None:
     print(f"wrote {out / f'weights_clean_{steps}'}")
 
 
+def clip_more(out: Path, steps: int) -> None:
+    """Continue the shipped world CLIP for `steps` more steps at its second phase's settings (is the relation
+    accuracy still rising?); reward.pretrained=DIR/weights/world_clip.safetensors makes a run reward with it."""
+    from alignlab.world.clip import CHECKPOINT, CLIP_RELATIONS, train_clip
+
+    print(f"wrote {train_clip(out, (('clip_more', replace(CLIP_RELATIONS, steps=steps)),), start=CHECKPOINT)}")
+
+
 def accuracy(weights: str, split: str, per_category: int, samples: int, num_steps: int, eta: float) -> None:
     """Strict oracle accuracy per category and, for prompts with colours, with shapes forgiven."""
     from alignlab.samplers.ddim import DDIMSampler
@@ -193,7 +202,7 @@ def fusion_gap(run_dir: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("probe", choices=["separation", "text", "speed", "clean", "accuracy", "clip-edits",
-                                          "fusion-gap"])
+                                          "clip-more", "fusion-gap"])
     parser.add_argument("--weights", default=None, help="a world weights directory (default: the shipped one)")
     parser.add_argument("--out", type=Path, default=Path("world_build"))
     parser.add_argument("--steps", type=int, default=None)
@@ -213,6 +222,8 @@ def main() -> None:
         clean(args.out, args.steps or 1500)
     elif args.probe == "clip-edits":
         clip_edits(args.weights, args.split)
+    elif args.probe == "clip-more":
+        clip_more(args.out, args.steps or 3000)
     elif args.probe == "fusion-gap":
         fusion_gap(args.out)
     else:

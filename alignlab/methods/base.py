@@ -18,7 +18,7 @@ from alignlab.samplers.ddim import Trajectory
 from alignlab.samplers.generation import decode_and_score, sample_prompts
 from alignlab.core.token_spans import ItemBatch
 from alignlab.errors import AlignlabError, ConfigError, require_at_least_one, require_positive
-from alignlab.methods.rounds import round_loader
+from alignlab.methods.rounds import END_OF_ROUND, round_loader
 from alignlab.models import require_reference, trainable_parameters
 
 log = logging.getLogger("alignlab")
@@ -67,6 +67,9 @@ class RLMethod(L.LightningModule):
         self.first_row = 0  # global index of this rank's first sample row this round (share_of_round)
         self.idle_batches = 0  # this round's padding micro-batches (round_batches)
         self.tracker = None  # per-prompt reward statistics, where a round builder normalises with them
+        self.evaluation = None  # held-out evaluation at due rounds' ends (alignlab.run sets it from cfg.eval)
+        self.evaluated: dict | None = None  # the last finished round's evaluation, for the callbacks to save
+        self.round_row: dict[str, float] = {}  # the last finished round's metrics row, for the callbacks to write
         require_positive("method", max_grad_norm=max_grad_norm)
         self.objective = objective  # None: nothing to train (evaluation_only)
         if objective is not None and objective.trains_on not in self.round_makes:
@@ -124,7 +127,7 @@ class RLMethod(L.LightningModule):
         if self.world_size > 1:
             most = int(self.trainer.strategy.reduce(torch.tensor(most, device=self.device), reduce_op="max"))
         self.idle_batches = most - len(batches)
-        return batches + [{"idle": True}] * self.idle_batches
+        return batches + [{"idle": True}] * self.idle_batches + [END_OF_ROUND]
 
     # -- rollouts -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -266,7 +269,9 @@ class RLMethod(L.LightningModule):
 
     # -- updates ------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> None:
-        if batch.get("idle"):
+        if batch.get("end_of_round"):
+            self.end_round()
+        elif batch.get("idle"):
             self.idle_step(batch_idx)
         else:
             start = time.perf_counter()
@@ -327,6 +332,20 @@ class RLMethod(L.LightningModule):
         for optimizer in self.trainer.optimizers:
             for group, configured in zip(optimizer.param_groups, self.configured_hyperparameters, strict=True):
                 group.update(configured)
+
+    def end_round(self) -> None:
+        """The round's end, run as its last batch (END_OF_ROUND) so that it precedes every callback's
+        on_train_epoch_end, also in a round with nothing to train: the held-out evaluation where due (rank 0),
+        then the metrics row (finish_round)."""
+        self.evaluated = None
+        if self.evaluation is not None and self.trainer.is_global_zero and self.evaluation.due(
+                self.round_index, self.trainer.max_epochs):
+            start = time.perf_counter()
+            self.evaluated = self.evaluation(self)
+            for key, value in self.evaluated["stats"].items():
+                self.stats[key].append(value)
+            self.stats["time_eval"].append(time.perf_counter() - start)
+        self.round_row = self.finish_round()
 
     def finish_round(self) -> dict[str, float]:
         """The round's metrics row (the mean of everything recorded in `self.stats`, but the total of the

@@ -1,5 +1,7 @@
 """One RL round = one Lightning epoch: the training dataloader's iterator asks the method for a fresh
-rollout, then yields the micro-batches the update trains on (the pattern of Lightning's PPO example)."""
+rollout, then yields the micro-batches the update trains on (the pattern of Lightning's PPO example) and, last,
+END_OF_ROUND, the batch in which the method ends its round (evaluation, metrics row) before Lightning calls the
+callbacks' on_train_epoch_end."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ import warnings
 from collections.abc import Iterator
 
 from torch.utils.data import DataLoader, IterableDataset
+
+END_OF_ROUND = {"end_of_round": True}
 
 
 class RoundDataset(IterableDataset):
@@ -17,7 +21,7 @@ class RoundDataset(IterableDataset):
         return iter(self.method.round_batches())
 
     def __len__(self) -> int:
-        return self.method.micro_batches_per_round()
+        return self.method.micro_batches_per_round() + 1  # and END_OF_ROUND
 
 
 # The round dataset is read in the main process (num_workers=0), where its length is exact; and the

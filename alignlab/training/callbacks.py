@@ -1,4 +1,5 @@
-"""Callbacks that fill the run directory (the run-directory contract, docs/design.md)."""
+"""Callbacks that fill the run directory (the run-directory contract, docs/design.md). They only read the method:
+the round ends inside it (RLMethod.end_round), before Lightning calls any callback's on_train_epoch_end."""
 
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ from alignlab.models.lora import has_lora
 from alignlab.training.artifacts import plot_curves, read_metrics, sample_captions, sample_grid
 from alignlab.training.atomic import replace_atomically
 from alignlab.training.console import show_round
-from alignlab.training.wandb_run import run_summary, sample_table
+from alignlab.training.wandb_run import alert, run_summary, sample_table
 
 
 class RoundRecorder(L.Callback):
-    """After each round: a metrics.jsonl row, the loggers, samples/round_NNNN.png, plots/alignment.png."""
+    """After each round: its metrics.jsonl row, the loggers, samples/round_NNNN.png, plots/alignment.png and,
+    after an evaluation, samples/eval_round_NNNN.png (with its W&B table and any reward-hacking alert)."""
 
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
@@ -40,7 +42,7 @@ class RoundRecorder(L.Callback):
                 logger.experiment.define_metric("*", step_metric="round")
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        row = pl_module.finish_round()
+        row = dict(pl_module.round_row)
         show_round(pl_module, row)
         round_no = row["round"]
         if not trainer.is_global_zero:
@@ -52,7 +54,24 @@ class RoundRecorder(L.Callback):
             f.write(json.dumps(row) + "\n")
         for logger in trainer.loggers:
             logger.log_metrics(row, step=round_no)
+        if pl_module.evaluated is not None:
+            self._save_evaluation(trainer, pl_module.evaluated, round_no)
         self._save_pictures(trainer, pl_module.showcase, round_no, pl_module.prompts)
+
+    def _save_evaluation(self, trainer, evaluated: dict, round_no: int) -> None:
+        captions = sample_captions(evaluated["prompts"], evaluated["rewards"], evaluated["scored"])
+        grid = sample_grid(evaluated["images"], captions, evaluated["columns"],
+                           title=f"evaluation on {evaluated['split']} prompts, after round {round_no}")
+        (self.run_dir / "samples").mkdir(exist_ok=True)
+        grid.save(self.run_dir / "samples" / f"eval_round_{round_no:04d}.png")
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image("eval", [grid], step=round_no, caption=[f"eval round {round_no}"])
+                table = sample_table(evaluated["images"], evaluated["prompts"], evaluated["rewards"], round_no,
+                                     evaluated["scored"])
+                logger.experiment.log({"eval_table": table, "round": round_no})
+                if evaluated["alarm"]:
+                    alert(logger, evaluated["alarm"])
 
     def _save_pictures(self, trainer, showcase: dict, round_no: int, prompt_set) -> None:
         (self.run_dir / "plots").mkdir(exist_ok=True)

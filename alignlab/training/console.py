@@ -52,7 +52,10 @@ class RoundProgress(RichProgressBar):
         return {k: v for k, v in super().get_metrics(trainer, pl_module).items() if k != "v_num"}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        """A round's length is known once its samples are: B²-DiffuRL's is below the bound Lightning plans with."""
+        """A round's length is known once its samples are: B²-DiffuRL's is below the bound Lightning plans with.
+        The bar counts micro-batches: the round's end (END_OF_ROUND) is not one."""
+        if batch.get("end_of_round"):
+            return
         if self.progress is not None and self.train_progress_bar_id is not None and batch_idx == 0:
             self.progress.update(self.train_progress_bar_id, total=pl_module.round_length())
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)

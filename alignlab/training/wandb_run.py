@@ -3,11 +3,15 @@ readable names and tags, per-sample tables to sort and filter, and a summary of 
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from alignlab.training.artifacts import to_uint8
+
+log = logging.getLogger("alignlab")
 
 # config groups whose chosen option names the run (`method.name: ddpo`), in the order of its name
 NAMED_GROUPS = ("method", "reward", "model", "prompts", "sampler", "optimizer", "experiment")
@@ -85,3 +89,13 @@ def run_summary(rows: list[dict]) -> dict:
         if values:
             summary[f"{key}_final"], summary[f"{key}_best"] = values[-1], float(np.max(values))
     return summary
+
+
+def alert(logger, text: str) -> None:
+    """A W&B alert (an e-mail or Slack message online); offline runs keep it in the run file."""
+    import wandb
+
+    try:
+        logger.experiment.alert(title="reward hacking", text=text, level=wandb.AlertLevel.WARN)
+    except Exception as error:  # noqa: BLE001 -- an alert must never stop a run
+        log.warning("W&B alert not sent: %s", error)

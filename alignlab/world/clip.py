@@ -130,12 +130,12 @@ def text_margin_loss(captions: torch.Tensor, negatives: torch.Tensor, margin: fl
     return F.relu((captions * negatives).sum(dim=1) - margin).mean()
 
 
-def train_clip(out_dir: Path, phases=CLIP_PHASES) -> Path:
-    """Train (or resume) the world CLIP, phase after phase (each from the previous one's EMA weights); writes the
-    last EMA weights to out_dir/weights/world_clip.safetensors."""
+def train_clip(out_dir: Path, phases=CLIP_PHASES, start: Path | None = None) -> Path:
+    """Train (or resume) the world CLIP, phase after phase (each from the previous one's EMA weights), from random
+    weights or from the checkpoint `start`; writes the last EMA weights to out_dir/weights/world_clip.safetensors."""
     with torch.random.fork_rng():
         torch.manual_seed(phases[0][1].seed)
-        clip = OpenClip(NAME, None, torch.device("cpu"))
+        clip = OpenClip(NAME, None if start is None else str(start), torch.device("cpu"))
     model = clip.model
 
     def phase_loss(config: LoopConfig):

@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from alignlab.methods.ddpo import DDPO
 from alignlab.run import train
 from tests.hydra_app import FAST, cli, comparable, compose_config, run_inprocess, same_lora
 
@@ -26,6 +27,19 @@ def test_two_rounds_write_the_run_directory_contract(tmp_path):
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert all("lora_" in k for k in ckpt["state_dict"])  # lean: no frozen weights in checkpoints
     assert "stat_tracker" in ckpt and ckpt["epoch"] == 1
+
+
+def test_a_round_with_nothing_to_train_is_still_evaluated_recorded_and_checkpointed(tmp_path, monkeypatch):
+    """The round ends in the method (its last batch), not in a callback: a round without micro-batches (a
+    B²-DiffuRL round without survivors) still gets its evaluation, its row and its checkpoint."""
+    rollout = DDPO.start_round
+    monkeypatch.setattr(DDPO, "start_round", lambda self: rollout(self) and [])
+    rows = run_inprocess(tmp_path, "trainer.max_epochs=2", "eval.every=1", "eval.max_prompts=2",
+                         "eval.samples_per_prompt=1")
+    assert [r["round"] for r in rows] == [0, 1]
+    assert all("eval/reward_mean" in r and "reward_mean" in r and "time_update" not in r for r in rows)
+    assert (tmp_path / "samples" / "eval_round_0001.png").is_file()
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["round_index"] == 2
 
 
 def test_two_rounds_equal_one_round_resume_one_round(tmp_path):

@@ -9,10 +9,10 @@ import logging
 import pytest
 from omegaconf import OmegaConf
 
-from alignlab.eval.callback import EvalCallback, alert
+from alignlab.eval.held_out import HeldOutEvaluation
 from alignlab.eval.hacking import reward_hacking
 from alignlab.training.loggers import wandb_logger
-from alignlab.training.wandb_run import run_identity
+from alignlab.training.wandb_run import alert, run_identity
 from tests.hydra_app import compose_config, run_inprocess
 from tests.wandb_records import offline_run
 
@@ -70,7 +70,7 @@ def test_the_alarm_reads_earlier_evaluations_from_the_run_and_warns(tmp_path, ca
     earlier = [{"round": 4, "eval/reward_mean": 0.60, "eval/oracle_score": 0.56},
                {"round": 9, "eval/reward_mean": 0.62, "eval/oracle_score": 0.52}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [{"round": 0}, *earlier]))
-    callback = EvalCallback(tmp_path, every=5, hacking_window=3, hacking_tolerance=0.01)
+    callback = HeldOutEvaluation(tmp_path, every=5, hacking_window=3, hacking_tolerance=0.01)
     with caplog.at_level(logging.WARNING, logger="alignlab"):
         assert callback.watch_for_hacking(0.65, 0.49).startswith("reward hacking? over the last 3 evaluations")
     assert "0.5600 -> 0.4900" in caplog.text

@@ -1,4 +1,4 @@
-"""Held-out evaluation: fixed-seed evaluate_prompts, EvalCallback in the metrics rows (without perturbing
+"""Held-out evaluation: fixed-seed evaluate_prompts, HeldOutEvaluation in the metrics rows (without perturbing
 training) and `python -m alignlab.evaluate` on a run directory."""
 
 import json
@@ -11,7 +11,7 @@ import torch
 
 from alignlab.samplers.ddim import DDIMSampler
 from alignlab.eval import evaluate_prompts
-from alignlab.eval.callback import eval_due
+from alignlab.eval.held_out import eval_due
 from alignlab.eval.evaluate import pairwise_diversity
 from alignlab.evaluate import main as evaluate_main
 from alignlab.rewards import JpegCompressibility

@@ -225,13 +225,13 @@ def test_update_touches_only_branched_steps_and_zero_advantages_change_nothing(f
     batches = method.start_round()
     assert batches and method.split_step == 2
     trained_steps, grads = [], []
-    score = sampler.step_log_prob
+    rescore = sampler.rescore
 
     def spy(unet, scheduler, traj, step, *args):
         trained_steps.extend(step.tolist())
-        return score(unet, scheduler, traj, step, *args)
+        return rescore(unet, scheduler, traj, step, *args)
 
-    monkeypatch.setattr(sampler, "step_log_prob", spy)
+    monkeypatch.setattr(sampler, "rescore", spy)
     monkeypatch.setattr(method, "manual_backward", lambda loss: loss.backward())
     monkeypatch.setattr(method, "optimizer_step", lambda: grads.append(
         [p.grad.clone() for p in trainable_parameters(fresh_tiny)]))

@@ -76,7 +76,8 @@ def test_the_gradient_is_the_weighted_ppo_clip_plus_the_kl(stand_in, objective, 
     assert method.stats["kl_reference"] == pytest.approx(kls)
     assert min(kls) > 0
     for g, p, k in zip(total, policy_part, kl_part, strict=True):
-        torch.testing.assert_close(g, p + kl_weight * k, rtol=1e-4, atol=1e-7)
+        # float32 sums in a different order: agree to 1e-5 of the gradient's largest entry
+        torch.testing.assert_close(g, p + kl_weight * k, rtol=1e-4, atol=1e-5 * g.abs().max().item())
 
 
 def test_grpo_asks_the_round_builder_for_group_advantages(lora_tiny):
