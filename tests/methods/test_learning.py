@@ -83,7 +83,8 @@ NFT = ["method=ddpo", "method/objective=nft", "method.images_per_prompt=16", "me
                                                      ("nft", NFT, 0.005)])
 def test_world_clip_at_equal_image_budget(tmp_path, method, overrides, gain):
     """The default world job of each method (and DDPO's rollouts trained by DiffusionNFT, every step, the world's
-    4 train prompts x 16 images as the groups), 20 rounds of 64 images (~4 min each on 2 cores): world-CLIP
+    4 train prompts x 16 images as the groups), 20 rounds of 64 images (~7 min each on 2 quiet cores, NFT's ~15:
+    three UNet passes per trained step, all 10 steps trained): world-CLIP
     reward of the final weights vs the pre-trained model on the same 64 fixed-noise train rows. Each must
     raise its own reward (which method wins is the study's question); the oracle is printed, not asserted:
     on 64 images it moves within its noise (docs/world.md, "The default job")."""

@@ -173,6 +173,17 @@ def test_world_clip_pretraining_runs_and_its_weights_load(tmp_path):
     assert scores.shape == (2,) and torch.isfinite(scores).all()
 
 
+def test_world_clip_training_continues_from_a_checkpoint(tmp_path):
+    """`start` (world_probe clip-more): at learning rate 0 a continued CLIP ends where it started, the shipped
+    weights exactly (they are stored in fp16), where a fresh one would end at its random initialisation."""
+    from alignlab.world.clip import CLIP_RELATIONS, train_clip
+
+    still = replace(CLIP_RELATIONS, steps=1, batch_size=4, warmup=1, lr=0.0)
+    path = train_clip(tmp_path, (("clip_more", still),), start=CHECKPOINT)
+    shipped, continued = load_file(CHECKPOINT), load_file(path)
+    assert shipped.keys() == continued.keys() and all(torch.equal(shipped[k], continued[k]) for k in shipped)
+
+
 def test_make_world_builds_installs_and_a_rerun_skips_finished_stages(tmp_path, monkeypatch):
     """`python -m alignlab.world.build --install` (= make world) at a tiny size: the CLIP and the text-to-image
     stages write their weights, --install copies exactly those four files into the package's weights folder, and
