@@ -18,7 +18,7 @@ from alignlab.samplers.ddim import Trajectory
 from alignlab.samplers.generation import decode_and_score, sample_prompts
 from alignlab.core.token_spans import ItemBatch
 from alignlab.errors import AlignlabError, ConfigError, require_at_least_one, require_positive
-from alignlab.methods.rounds import END_OF_ROUND, round_loader
+from alignlab.methods.rounds import END_OF_ROUND, is_end_of_round, round_loader
 from alignlab.models import require_reference, trainable_parameters
 
 log = logging.getLogger("alignlab")
@@ -269,7 +269,7 @@ class RLMethod(L.LightningModule):
 
     # -- updates ------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> None:
-        if batch.get("end_of_round"):
+        if is_end_of_round(batch):
             self.end_round()
         elif batch.get("idle"):
             self.idle_step(batch_idx)

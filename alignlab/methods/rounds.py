@@ -13,6 +13,11 @@ from torch.utils.data import DataLoader, IterableDataset
 END_OF_ROUND = {"end_of_round": True}
 
 
+def is_end_of_round(batch: dict) -> bool:
+    """Whether `batch` is END_OF_ROUND (the loader hands out a copy of it, so not by identity)."""
+    return batch.get("end_of_round", False)
+
+
 class RoundDataset(IterableDataset):
     def __init__(self, method):
         self.method = method

@@ -9,6 +9,8 @@ import warnings
 
 from lightning.pytorch.callbacks import RichProgressBar
 
+from alignlab.methods.rounds import is_end_of_round
+
 LIBRARY_WARNINGS = (  # each about Lightning's or torch's internals, or expected in alignlab's round loop
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
     r"Your `IterableDataset` has `__len__` defined",
@@ -54,7 +56,7 @@ class RoundProgress(RichProgressBar):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         """A round's length is known once its samples are: B²-DiffuRL's is below the bound Lightning plans with.
         The bar counts micro-batches: the round's end (END_OF_ROUND) is not one."""
-        if batch.get("end_of_round"):
+        if is_end_of_round(batch):
             return
         if self.progress is not None and self.train_progress_bar_id is not None and batch_idx == 0:
             self.progress.update(self.train_progress_bar_id, total=pl_module.round_length())

@@ -1,11 +1,10 @@
 """Learning runs (slow): the methods must actually raise their reward, on the tiny model and on the shapes world."""
 
-import json
-
 import pytest
 
 from alignlab.evaluate import evaluate_run
 from alignlab.run import train
+from alignlab.training.artifacts import read_metrics
 from tests.hydra_app import compose_config
 
 LEARN = [
@@ -33,13 +32,12 @@ def test_ddpo_raises_jpeg_compressibility(tmp_path):
 
 def assert_reward_rose(run_dir, name: str) -> None:
     """The last 3 rounds' mean reward exceeds the first 2 rounds' by 1.5 x the first round's reward spread."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(run_dir / "metrics.jsonl")
     start = sum(r["reward_mean"] for r in rows[:2]) / 2
     end = sum(r["reward_mean"] for r in rows[-3:]) / 3
     spread = rows[0]["reward_std"]
     print(f"{name}: reward {start:.4f} -> {end:.4f} (first-round std {spread:.4f})")
     assert end - start > 1.5 * spread
-
 
 
 @pytest.mark.slow
@@ -49,10 +47,9 @@ def test_policy_gradient_objectives_raise_jpeg_compressibility(tmp_path, objecti
     fine-tuning (so without their KL to the frozen model, which needs LoRA; the KL's gradient has its own test):
     as DDPO, the last rounds' reward clearly above the first rounds'. (DiffusionNFT reinforces by denoising its
     good samples better: it needs a model that denoises, so its test is on the world below.)"""
-    options = ["method.objective.clip_range=0.2"]
     train(compose_config(tmp_path, [*LEARN, "trainer.max_epochs=20", "reward=jpeg_compressibility",
                                      f"method/objective={objective}", "method.objective.kl_weight=0",
-                                     "method.images_per_prompt=4", *options]))
+                                     "method.objective.clip_range=0.2", "method.images_per_prompt=4"]))
     assert_reward_rose(tmp_path, objective)
 
 
@@ -89,7 +86,7 @@ def test_world_clip_at_equal_image_budget(tmp_path, method, overrides, gain):
     raise its own reward (which method wins is the study's question); the oracle is printed, not asserted:
     on 64 images it moves within its noise (docs/world.md, "The default job")."""
     train(compose_config(tmp_path, [*overrides, *WORLD]))
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(tmp_path / "metrics.jsonl")
     images = sum(r["samples_per_round"] for r in rows)
     base = evaluate_run(tmp_path, base=True)  # the run's eval rows (same prompts and noise), pre-trained weights
     start, end = base["reward_mean"], rows[-1]["eval/reward_mean"]
