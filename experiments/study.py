@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from study_runs import Arm, evaluate, merge_overrides, run_asyndm, run_rl, wall_time
-from study_tables import asyndm_numbers, curve, eval_numbers, write_asyndm, write_rl
+from study_tables import asyndm_numbers, curve, eval_numbers, images_to_gain, write_asyndm, write_rl
 
 from alignlab.training.artifacts import read_metrics
 
@@ -32,7 +32,7 @@ COMMON = ["logger=none", "sampler.progress=false", "trainer.enable_progress_bar=
 ROUNDS = 20  # x 64 images: the world's default job (docs/world.md)
 RL_BUDGET = ["eval.every=2", "eval.split=test", "eval.max_prompts=8", "eval.samples_per_prompt=4",
              "eval.batch_size=32"]  # and trainer.max_epochs: the rounds
-FINAL_EVAL = {"samples_per_prompt": 8, "max_prompts": 8, "batch_size": 32}  # all 8 prompts of each split
+FINAL_EVAL = {"samples_per_prompt": 32, "max_prompts": 8, "batch_size": 32}  # every prompt of each split
 # the 8 test prompts of prompts=world (the RL experiments' held-out prompts) x 8 images, in one batch
 ASYNDM_BUDGET = ["method=asyndm", "method.split=test", "method.images_per_prompt=8", "method.batch_size=64"]
 # DPO-family rounds of 64 images (16 prompts x 4) with few large-batch steps, as DDPO's world job
@@ -106,7 +106,8 @@ class Experiment:
 RL_NOTE = ("Budget: 20 rounds of 64 policy images per arm (the world's default job), world-CLIP reward, "
            "prompts=world (4 train, 4 test prompts at its default per_category 2; 8 and 8 when docs/results.md's "
            "experiments 2-4 were measured); held-out curve every 2 rounds (up to 8 test prompts x 4 images, fixed "
-           "noise); final evaluation of the last and the pre-trained weights: up to 8 prompts x 8 images per split. "
+           "noise); final evaluation of the last and the pre-trained weights: up to 8 prompts x 32 images per "
+           "split (x 8 when docs/results.md's experiments 2-4 were measured). "
            "Diversity: mean pairwise cosine distance of a prompt's world-CLIP image embeddings.")
 EXPERIMENTS = {
     "asyndm": Experiment("AsynDM: DM vs DM_concave vs AsynDM (training-free)",
@@ -169,6 +170,11 @@ def run_experiment(name: str, seeds: list[int], smoke: bool, out: Path, command:
             sampler = ARMS[arm].sampler
             base[row] = {"label": f"pre-trained (sampler={sampler})", "overrides": [f"sampler={sampler}"],
                          "runs": {seed: rl_numbers(runs[arm][seed], evaluation, base=True) for seed in seeds}}
+    for arm, row in results.items():
+        for seed, numbers in row["runs"].items():
+            before = base[baselines[arm]]["runs"][seed]
+            numbers["to_gain"] = images_to_gain(read_metrics(runs[arm][seed] / "metrics.jsonl"),
+                                                before["train"]["oracle_accuracy"], before["test"]["oracle_accuracy"])
     return write_rl(target, experiment.title, command, notes, {**base, **results}, wall_times(runs), baselines)
 
 

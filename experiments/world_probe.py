@@ -7,6 +7,7 @@ model draws each category.
     python experiments/world_probe.py speed                                # s per batch-64 step of candidate UNets
     python experiments/world_probe.py clean --out DIR [--steps 1500]  # text encoder + clean UNet
     python experiments/world_probe.py accuracy --weights DIR [--split test] [--per-category 6] [--num-steps 10]
+                                      [--categories ...] [--seed 0] [--per-prompt]
     python experiments/world_probe.py clip-edits [--weights DIR] [--split test]  # the CLIP on each kind of edit
     python experiments/world_probe.py clip-more --out DIR [--steps 3000]  # continue the shipped CLIP
     python experiments/world_probe.py fusion-gap --out RUN_DIR             # a method=dfusion run's targets (gate 4)
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 
 import alignlab  # noqa: F401  (before open_clip / diffusers)
+from alignlab.world.grammar import CATEGORIES
 
 
 def print_separation(model, clip=None) -> None:
@@ -111,8 +113,10 @@ def clip_more(out: Path, steps: int) -> None:
     print(f"wrote {train_clip(out, (('clip_more', replace(CLIP_RELATIONS, steps=steps)),), start=CHECKPOINT)}")
 
 
-def accuracy(weights: str, split: str, per_category: int, samples: int, num_steps: int, eta: float) -> None:
-    """Strict oracle accuracy per category and, for prompts with colours, with shapes forgiven."""
+def accuracy(weights: str, split: str, per_category: int, samples: int, num_steps: int, eta: float,
+             categories: list[str], seed: int, per_prompt: bool) -> None:
+    """Strict oracle accuracy per category (`per_prompt`: and per prompt) and, for prompts with colours, with
+    shapes forgiven."""
     from alignlab.samplers.ddim import DDIMSampler
     from alignlab.eval.evaluate import evaluate_prompts
     from alignlab.world.grammar import spec_of
@@ -123,8 +127,13 @@ def accuracy(weights: str, split: str, per_category: int, samples: int, num_step
     model = build_world(weights)
     sampler = DDIMSampler(num_steps=num_steps, guidance_scale=3.0, eta=eta, progress=False)
     for category, prompts in report_prompts(split, per_category).items():
-        result = evaluate_prompts(model, sampler, OracleReward(), prompts, samples, 64, 0)
+        if category not in categories:
+            continue
+        result = evaluate_prompts(model, sampler, OracleReward(), prompts, samples, 64, seed)
         scores = torch.tensor(result["rewards"])
+        if per_prompt:
+            for prompt, row in zip(prompts, scores.view(len(prompts), samples), strict=True):
+                print(f"{split} {category:14s} {prompt:48s} strict accuracy {(row == 1).float().mean():.3f}")
         forgiven = [shape_forgiven(spec_of(p), image) for p, image in zip(result["prompts"], result["images"],
                                                                               strict=True)]
         line = f"{split} {category:14s} {len(scores):4d} images  strict accuracy {(scores == 1).float().mean():.3f}" \
@@ -211,6 +220,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8, help="images per prompt")
     parser.add_argument("--num-steps", type=int, default=10, help="DDIM steps of the accuracy probe")
     parser.add_argument("--eta", type=float, default=1.0, help="DDIM eta of the accuracy probe (> 0)")
+    parser.add_argument("--categories", nargs="+", default=list(CATEGORIES), help="the accuracy probe's categories")
+    parser.add_argument("--seed", type=int, default=0, help="evaluation noise of the accuracy probe")
+    parser.add_argument("--per-prompt", action="store_true", help="the accuracy probe prints every prompt's too")
     args = parser.parse_args()
     if args.probe == "separation":
         separation(args.weights)
@@ -227,7 +239,8 @@ def main() -> None:
     elif args.probe == "fusion-gap":
         fusion_gap(args.out)
     else:
-        accuracy(args.weights, args.split, args.per_category, args.samples, args.num_steps, args.eta)
+        accuracy(args.weights, args.split, args.per_category, args.samples, args.num_steps, args.eta, args.categories,
+                 args.seed, args.per_prompt)
 
 
 if __name__ == "__main__":

@@ -147,9 +147,11 @@ def evenly_spread(entries: list, count: int | None) -> list:
 
 
 def world_prompt_set(categories: list[str] | tuple[str, ...] = CATEGORIES, per_category: int | None = None,
-                     name: str = "world", k: float | None = None, threshold: float | None = None):
+                     name: str = "world", k: float | None = None, threshold: float | None = None,
+                     subset: list[str] | tuple[str, ...] | None = None):
     """The world's prompts of `categories` with their items, split into train and test; `per_category`
-    keeps that many prompts of each category and split, evenly spread over the grammar's order. `k` gives
+    keeps that many prompts of each category and split, evenly spread over the grammar's order. `subset`
+    draws them from these grammar prompts only (each in the split the grammar gives it). `k` gives
     every item that AsynDM curvature instead of the grammar's per-category default (the paper's k ablation),
     `threshold` that D-Fusion mask threshold instead of ITEM_THRESHOLD (to calibrate the masks' coverage)."""
     from alignlab.prompts import PromptSet
@@ -164,11 +166,16 @@ def world_prompt_set(categories: list[str] | tuple[str, ...] = CATEGORIES, per_c
         raise ConfigError(f"prompts.k must be in (0, 1) (or null: the grammar's per-category k), got {k}")
     if threshold is not None and not 0 < threshold < 1:
         raise ConfigError(f"prompts.threshold must be in (0, 1) (or null: {ITEM_THRESHOLD}), got {threshold}")
+    outside = [p for p in subset or () if not is_world_prompt(p)]
+    if outside:
+        raise ConfigError(f"prompts.subset must hold prompts of the world's grammar; not in it: {outside}")
+    chosen = None if subset is None else {spec_of(p) for p in subset}
     override = {key: value for key, value in (("k", k), ("threshold", threshold)) if value is not None}
     splits: dict[str, list] = {"train": [], "test": []}
     for category in categories:
         for split, entries in splits.items():
-            specs = evenly_spread([s for s in _specs(category) if s.split == split], per_category)
+            specs = evenly_spread([s for s in _specs(category) if s.split == split and (chosen is None or s in chosen)],
+                                  per_category)
             entries += [{"prompt": s.prompt, "items": [{"word": i.word, "k": i.k, "threshold": i.threshold, **override}
                                                      for i in s.items]} for s in specs]
     return PromptSet(splits["train"], splits["test"], name=name, judge=WorldJudge())

@@ -16,7 +16,7 @@ from alignlab.world.grammar import spec_of
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "experiments"))
 import study_runs  # noqa: E402
-from study_tables import paired_gains, signed_cell  # noqa: E402
+from study_tables import images_to_gain, paired_gains, signed_cell  # noqa: E402
 
 RL_EXPERIMENTS = ("b2diffurl", "dfusion", "combos", "objectives")
 VARIANTS = ("dm", "dm_concave", "asyndm")
@@ -37,6 +37,19 @@ def out(tmp_path_factory) -> Path:
 
 def one_seed(value) -> dict:
     return {"mean": value, "std": None, "seeds": 1}
+
+
+def test_images_to_gain_is_the_first_window_of_rollouts_that_accurate_and_the_held_out_gain_after_it():
+    accuracy = [0.1, 0.2, 0.3, 0.3, 0.4]
+    rows = [{"oracle_accuracy": a, "samples_per_round": 64.0, "time_rollout": 1.0, "time_update": 2.0}
+            for a in accuracy]
+    rows[1]["eval/oracle_accuracy"], rows[3]["eval/oracle_accuracy"] = 0.2, 0.35
+    # windows of 3 rounds: 0.2, 0.267, 0.333; the second is the first >= 0.15 + 0.10, so round 4; the held-out
+    # evaluation at or after it is round 4's
+    assert images_to_gain(rows, start=0.15, start_test=0.2) == {"round": 4, "images": 256.0, "seconds": 12.0,
+                                                                "test_gain": pytest.approx(0.15)}
+    assert images_to_gain(rows, start=0.25, start_test=0.2) == dict.fromkeys(["round", "images", "seconds",
+                                                                              "test_gain"])
 
 
 @pytest.mark.slow
@@ -76,6 +89,11 @@ def test_rl_tables_hold_each_runs_evaluations_and_curves(out, experiment):
             assert run["images"] == sum(r["samples_per_round"] for r in metrics) > 0
             assert run["curve"]["reward"] == [r["eval/reward_mean"] for r in metrics if "eval/reward_mean" in r]
             assert run["curve"]["oracle_score"] == [r["eval/oracle_score"] for r in metrics if "eval/reward_mean" in r]
+            base_dir = Path(results["rows"][row["baseline"]]["runs"]["0"]["dir"])
+            before = {split: json.loads((base_dir / "eval" / f"base_{split}.json").read_text())["oracle_accuracy"]
+                      for split in ("train", "test")}
+            assert run["to_gain"] == images_to_gain(metrics, before["train"], before["test"])
+            assert f"| {row['label']} | {int(run['to_gain']['images'] is not None)} of 1 |" in markdown
         for split in ("train", "test"):
             report = json.loads((run_dir / "eval" / f"{stem}_{split}.json").read_text())
             assert report["split"] == split

@@ -51,6 +51,16 @@ def test_world_prompt_set_carries_items_and_keeps_splits_apart():
     assert all(spec_of(p).split == "test" for p in prompts.test)
 
 
+def test_world_prompt_set_subset_keeps_only_its_prompts_each_in_the_grammars_split():
+    subset = ["a red circle to the left of a yellow triangle", "a red circle and a green triangle", "two red circles",
+              "a red circle to the left of a green triangle"]
+    prompts = world_prompt_set(["colour_attr", "position"], per_category=2, subset=subset)
+    assert prompts.train == ["a red circle and a green triangle", "a red circle to the left of a green triangle"]
+    assert prompts.test == ["a red circle to the left of a yellow triangle"]  # yellow triangle: a held-out binding
+    with pytest.raises(ConfigError, match="not in it: \\['a red circle left of a square'\\]"):
+        world_prompt_set(subset=["a red circle", "a red circle left of a square"])
+
+
 def test_world_prompt_set_k_overrides_every_items_curvature():
     prompts = world_prompt_set(["single_object", "position"], per_category=2, k=0.3)
     assert {i.k for p in prompts.train + prompts.test for i in prompts.items_for(p)} == {0.3}
