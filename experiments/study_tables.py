@@ -53,15 +53,16 @@ def images_to_gain(rows: list[dict], start: float, start_test: float, gain: floa
     """When the policy first reaches `start` + `gain` strict accuracy on the train prompts: the first round whose
     rollouts, with the `window` - 1 rounds before it, are that accurate on the oracle (the policy's own samples of
     the train prompts, so no extra sampling; a window of rounds, because one round's 64 images move by +-0.05).
-    Images and seconds (rollouts and updates) up to that round, and the held-out gain there: the first held-out
-    evaluation at or after it minus `start_test` (the pre-trained weights' test accuracy). All None when never."""
+    Images and seconds (rollouts and updates; a round with nothing to train has no update) up to that round, and
+    the held-out gain there: the first held-out evaluation at or after it minus `start_test` (the pre-trained
+    weights' test accuracy). All None when never."""
     accuracy = [row.get("oracle_accuracy") for row in rows]
     for end in range(window, len(rows) + 1):
         recent = accuracy[end - window : end]
         if None not in recent and sum(recent) / window >= start + gain:
             later = [row["eval/oracle_accuracy"] for row in rows[end - 1 :] if "eval/oracle_accuracy" in row]
             return {"round": end, "images": sum(row["samples_per_round"] for row in rows[:end]),
-                    "seconds": sum(row["time_rollout"] + row["time_update"] for row in rows[:end]),
+                    "seconds": sum(row["time_rollout"] + row.get("time_update", 0.0) for row in rows[:end]),
                     "test_gain": later[0] - start_test if later else None}
     return dict.fromkeys(TO_GAIN)
 
