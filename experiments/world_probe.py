@@ -7,9 +7,11 @@ model draws each category.
     python experiments/world_probe.py speed                                # s per batch-64 step of candidate UNets
     python experiments/world_probe.py clean --out DIR [--steps 1500]  # text encoder + clean UNet
     python experiments/world_probe.py accuracy --weights DIR [--split test] [--per-category 6] [--num-steps 10]
-                                      [--categories ...] [--seed 0] [--per-prompt]
+                                      [--categories ...] [--seed 0] [--per-prompt] [--prompts "<prompt>" ...]
     python experiments/world_probe.py clip-edits [--weights DIR] [--split test]  # the CLIP on each kind of edit
     python experiments/world_probe.py clip-more --out DIR [--steps 3000]  # continue the shipped CLIP
+    python experiments/world_probe.py unet-more --out DIR [--steps 600] [--min-offset 10]  # continue the UNet
+    python experiments/world_probe.py relations [--weights DIR] [--split test]  # relations drawn and rewarded
     python experiments/world_probe.py fusion-gap --out RUN_DIR             # a method=dfusion run's targets (gate 4)
 
 `clean` resumes from DIR's checkpoints, so rerunning it with more --steps continues the same run (the cosine
@@ -105,6 +107,24 @@ def clean(out: Path, steps: int) -> None:
     print(f"wrote {out / f'weights_clean_{steps}'}")
 
 
+# unet-more's batch mix: position captions at 0.4 instead of pre-training's 0.25, the category it probes.
+POSITION_HEAVY = {"single_object": 0.15, "two_objects": 0.1, "counting": 0.15, "colour_attr": 0.2, "position": 0.4}
+
+
+def unet_more(out: Path, steps: int, min_offset: int) -> None:
+    """Continue the shipped UNet for `steps` on clean captions whose position renders hold the relation by at
+    least `min_offset` px (render.MIN_OFFSET, 4 in the build): does the UNet follow relations it sees plainly?
+    model.weights=DIR/weights runs a job on the result."""
+    from alignlab.world import render
+    from alignlab.world.model import WEIGHTS
+    from alignlab.world.pretraining import LoopConfig
+    from alignlab.world.t2i_training import train_t2i
+
+    render.MIN_OFFSET = min_offset
+    config = LoopConfig(steps=steps, lr=3e-4, warmup=50, ema_decay=0.995, batch_size=64)
+    print(f"wrote {train_t2i(out, (('ft_wide', config, {}),), start=WEIGHTS, category_weights=POSITION_HEAVY)}")
+
+
 def clip_more(out: Path, steps: int) -> None:
     """Continue the shipped world CLIP for `steps` more steps at its second phase's settings (is the relation
     accuracy still rising?); reward.pretrained=DIR/weights/world_clip.safetensors makes a run reward with it."""
@@ -114,9 +134,9 @@ def clip_more(out: Path, steps: int) -> None:
 
 
 def accuracy(weights: str, split: str, per_category: int, samples: int, num_steps: int, eta: float,
-             categories: list[str], seed: int, per_prompt: bool) -> None:
+             categories: list[str], seed: int, per_prompt: bool, prompts: list[str] | None = None) -> None:
     """Strict oracle accuracy per category (`per_prompt`: and per prompt) and, for prompts with colours, with
-    shapes forgiven."""
+    shapes forgiven; `prompts`: of these world prompts, each prompt's, instead of the split's."""
     from alignlab.samplers.ddim import DDIMSampler
     from alignlab.eval.evaluate import evaluate_prompts
     from alignlab.world.grammar import spec_of
@@ -126,14 +146,20 @@ def accuracy(weights: str, split: str, per_category: int, samples: int, num_step
 
     model = build_world(weights)
     sampler = DDIMSampler(num_steps=num_steps, guidance_scale=3.0, eta=eta, progress=False)
-    for category, prompts in report_prompts(split, per_category).items():
-        if category not in categories:
+    if chosen := prompts:
+        per_prompt, categories, split = True, list(CATEGORIES), "listed"
+        groups = {c: [p for p in chosen if spec_of(p).category == c] for c in CATEGORIES}
+    else:
+        groups = report_prompts(split, per_category)
+    for category, prompts in groups.items():
+        if category not in categories or not prompts:
             continue
         result = evaluate_prompts(model, sampler, OracleReward(), prompts, samples, 64, seed)
         scores = torch.tensor(result["rewards"])
         if per_prompt:
             for prompt, row in zip(prompts, scores.view(len(prompts), samples), strict=True):
-                print(f"{split} {category:14s} {prompt:48s} strict accuracy {(row == 1).float().mean():.3f}")
+                print(f"{spec_of(prompt).split:6s} {category:14s} {prompt:48s} strict accuracy "
+                      f"{(row == 1).float().mean():.3f}")
         forgiven = [shape_forgiven(spec_of(p), image) for p, image in zip(result["prompts"], result["images"],
                                                                               strict=True)]
         line = f"{split} {category:14s} {len(scores):4d} images  strict accuracy {(scores == 1).float().mean():.3f}" \
@@ -175,6 +201,41 @@ def clip_edits(weights: str | None, split: str, scenes: int = 400) -> None:
         print(f"{category:14s} {edit:12s} {np.mean(won):.3f}  ({len(won)} scenes)")
 
 
+def relations(weights: str | None, split: str, seed: int, prompts: int = 24, samples: int = 24) -> None:
+    """Position prompts drawn with DDIM 10 steps: how many samples hold both objects and nothing else, how
+    many of those put them in the asked relation (0.5: chance), and how often the world CLIP then scores the
+    caption above the one with the relation reversed (whether the reward can tell the model's relations apart)."""
+    from alignlab.eval.evaluate import evaluate_prompts
+    from alignlab.rewards.clip import ClipScore
+    from alignlab.samplers.ddim import DDIMSampler
+    from alignlab.world.clip import CHECKPOINT, NAME
+    from alignlab.world.contrasts import reversed_relation
+    from alignlab.world.grammar import all_specs, evenly_spread, spec_of
+    from alignlab.world.model import build_world
+    from alignlab.world.oracle import OracleReward, check
+
+    chosen = evenly_spread([s.prompt for s in all_specs(["position"]) if s.split == split], prompts)
+    sampler = DDIMSampler(num_steps=10, guidance_scale=3.0, eta=1.0, progress=False)
+    result = evaluate_prompts(build_world(weights), sampler, OracleReward(), chosen, samples, 64, seed)
+    drawn, related = [], []  # indices of samples with both objects and nothing else; relation met there
+    for index, (prompt, image) in enumerate(zip(result["prompts"], result["images"], strict=True)):
+        spec = spec_of(prompt)
+        met = check(spec, image).constraints
+        a, b = spec.objects
+        if met[f"{a.phrase} present"] and met[f"{b.phrase} present"] and met["exactly 2 objects"]:
+            drawn.append(index)
+            related.append(met[f"{a.phrase} {spec.relation} {b.phrase}"])
+    images, right = result["images"][drawn], torch.tensor(related)
+    captions = [result["prompts"][i] for i in drawn]
+    clip = ClipScore(NAME, str(CHECKPOINT))
+    prefers = clip(images, captions) > clip(images, [reversed_relation(spec_of(c)).prompt for c in captions])
+    print(f"{split}: {len(drawn)} of {len(result['prompts'])} samples hold both objects and nothing else "
+          f"({len(drawn) / len(result['prompts']):.3f}); of those, the relation is right in {right.float().mean():.3f}")
+    print(f"the world CLIP prefers the caption to its reversed relation in {prefers[right].float().mean():.3f} of "
+          f"the right ones and {prefers[~right].float().mean():.3f} of the wrong ones "
+          f"(tells them apart in {(prefers == right).float().mean():.3f})")
+
+
 def shape_forgiven(spec, image) -> bool | None:
     """Whether `image` passes the oracle when every object found in one of the prompt's colours counts as that
     colour's shape: what is left fails on colour, count or relation, not on drawing a shape. None for prompts
@@ -211,7 +272,7 @@ def fusion_gap(run_dir: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("probe", choices=["separation", "text", "speed", "clean", "accuracy", "clip-edits",
-                                          "clip-more", "fusion-gap"])
+                                          "clip-more", "unet-more", "relations", "fusion-gap"])
     parser.add_argument("--weights", default=None, help="a world weights directory (default: the shipped one)")
     parser.add_argument("--out", type=Path, default=Path("world_build"))
     parser.add_argument("--steps", type=int, default=None)
@@ -223,6 +284,9 @@ def main() -> None:
     parser.add_argument("--categories", nargs="+", default=list(CATEGORIES), help="the accuracy probe's categories")
     parser.add_argument("--seed", type=int, default=0, help="evaluation noise of the accuracy probe")
     parser.add_argument("--per-prompt", action="store_true", help="the accuracy probe prints every prompt's too")
+    parser.add_argument("--prompts", nargs="+", default=None,
+                        help="the accuracy probe measures these world prompts (one quoted argument each) instead")
+    parser.add_argument("--min-offset", type=int, default=10, help="unet-more's least relation offset in px")
     args = parser.parse_args()
     if args.probe == "separation":
         separation(args.weights)
@@ -236,11 +300,15 @@ def main() -> None:
         clip_edits(args.weights, args.split)
     elif args.probe == "clip-more":
         clip_more(args.out, args.steps or 3000)
+    elif args.probe == "unet-more":
+        unet_more(args.out, args.steps or 600, args.min_offset)
+    elif args.probe == "relations":
+        relations(args.weights, args.split, args.seed)
     elif args.probe == "fusion-gap":
         fusion_gap(args.out)
     else:
         accuracy(args.weights, args.split, args.per_category, args.samples, args.num_steps, args.eta, args.categories,
-                 args.seed, args.per_prompt)
+                 args.seed, args.per_prompt, args.prompts)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 from alignlab.world.contrasts import scene_for_caption
 from alignlab.world.grammar import all_specs
-from alignlab.world.model import assemble, save_weights, world_components
-from alignlab.world.pretraining import LoopConfig, sample_specs, train_loop
+from alignlab.world.model import assemble, build_world, save_weights, world_components
+from alignlab.world.pretraining import CATEGORY_WEIGHTS, LoopConfig, sample_specs, train_loop
 from alignlab.world.render import render_batch
 from alignlab.world.text_training import TEXT, train_text_encoder
 
@@ -33,18 +33,25 @@ T2I = (
 )
 
 
-def train_t2i(out_dir: Path, phases=T2I, text: LoopConfig = TEXT) -> Path:
-    """Train (or resume) and write the EMA weights as fp16 safetensors to out_dir/weights; returns that dir."""
-    unet, text_encoder = world_components(phases[0][1].seed)
-    model = assemble(unet, text_encoder)
-    train_text_encoder(text_encoder, model.tokenizer, out_dir, text)
+def train_t2i(out_dir: Path, phases=T2I, text: LoopConfig = TEXT, start: Path | None = None,
+              category_weights: dict = CATEGORY_WEIGHTS) -> Path:
+    """Train (or resume) and write the EMA weights as fp16 safetensors to out_dir/weights; returns that dir.
+    `start`: continue the UNet of these world weights with their text encoder (not retrained) instead of
+    training both from random weights (a probe of more UNet steps on other data)."""
+    if start is None:
+        unet, text_encoder = world_components(phases[0][1].seed)
+        model = assemble(unet, text_encoder)
+        train_text_encoder(text_encoder, model.tokenizer, out_dir, text)
+    else:
+        model = build_world(str(start))
+        unet, text_encoder = model.unet, model.text_encoder
     prompts = ["", *(s.prompt for s in all_specs())]
     row = {prompt: i for i, prompt in enumerate(prompts)}
     embeddings = torch.cat([model.encode_prompts(prompts[i:i + 256]) for i in range(0, len(prompts), 256)])
 
     def phase_loss(config: LoopConfig, caption_noise: dict[str, float]):
         def loss_fn(rng, generator) -> torch.Tensor:
-            captions = sample_specs(rng, config.batch_size)
+            captions = sample_specs(rng, config.batch_size, category_weights)
             scenes = [scene_for_caption(spec, rng, caption_noise) for spec in captions]
             images = render_batch(scenes, rng) * 2 - 1
             latents = model.vae.encode(images).latent_dist.sample() * model.vae.config.scaling_factor

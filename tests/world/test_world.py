@@ -194,6 +194,23 @@ def test_world_clip_training_continues_from_a_checkpoint(tmp_path):
     assert shipped.keys() == continued.keys() and all(torch.equal(shipped[k], continued[k]) for k in shipped)
 
 
+def test_world_unet_training_continues_from_the_shipped_weights(tmp_path):
+    """`start` (world_probe unet-more): at learning rate 0 the continued UNet ends at the shipped weights exactly
+    and the text encoder is theirs, not retrained; at a learning rate it moves."""
+    from alignlab.world.model import WEIGHTS
+
+    still = pretraining.LoopConfig(steps=1, lr=0.0, warmup=1, ema_decay=0.995, batch_size=4)
+    path = train_t2i(tmp_path / "still", (("more", still, {}),), start=WEIGHTS)
+    for name in ("unet", "text_encoder"):
+        shipped, continued = load_file(WEIGHTS / f"{name}.safetensors"), load_file(path / f"{name}.safetensors")
+        assert shipped.keys() == continued.keys() and all(torch.equal(shipped[k], continued[k]) for k in shipped)
+    only_position = {category: float(category == "position") for category in pretraining.CATEGORY_WEIGHTS}
+    moved = train_t2i(tmp_path / "moved", (("more", replace(still, steps=2, lr=1e-3), {}),), start=WEIGHTS,
+                      category_weights=only_position)
+    shipped, trained = load_file(WEIGHTS / "unet.safetensors"), load_file(moved / "unet.safetensors")
+    assert any(not torch.equal(shipped[k], trained[k]) for k in shipped)
+
+
 def test_make_world_builds_installs_and_a_rerun_skips_finished_stages(tmp_path, monkeypatch):
     """`python -m alignlab.world.build --install` (= make world) at a tiny size: the CLIP and the text-to-image
     stages write their weights, --install copies exactly those four files into the package's weights folder, and
