@@ -134,9 +134,9 @@ def clip_more(out: Path, steps: int) -> None:
 
 
 def accuracy(weights: str, split: str, per_category: int, samples: int, num_steps: int, eta: float,
-             categories: list[str], seed: int, per_prompt: bool, prompts: list[str] | None = None) -> None:
+             categories: list[str], seed: int, per_prompt: bool, listed: list[str] | None = None) -> None:
     """Strict oracle accuracy per category (`per_prompt`: and per prompt) and, for prompts with colours, with
-    shapes forgiven; `prompts`: of these world prompts, each prompt's, instead of the split's."""
+    shapes forgiven; `listed`: of these world prompts, each prompt's, instead of the split's."""
     from alignlab.samplers.ddim import DDIMSampler
     from alignlab.eval.evaluate import evaluate_prompts
     from alignlab.world.grammar import spec_of
@@ -146,9 +146,9 @@ def accuracy(weights: str, split: str, per_category: int, samples: int, num_step
 
     model = build_world(weights)
     sampler = DDIMSampler(num_steps=num_steps, guidance_scale=3.0, eta=eta, progress=False)
-    if chosen := prompts:
+    if listed:
         per_prompt, categories, split = True, list(CATEGORIES), "listed"
-        groups = {c: [p for p in chosen if spec_of(p).category == c] for c in CATEGORIES}
+        groups = {c: [p for p in listed if spec_of(p).category == c] for c in CATEGORIES}
     else:
         groups = report_prompts(split, per_category)
     for category, prompts in groups.items():
@@ -221,10 +221,10 @@ def relations(weights: str | None, split: str, seed: int, prompts: int = 24, sam
     for index, (prompt, image) in enumerate(zip(result["prompts"], result["images"], strict=True)):
         spec = spec_of(prompt)
         met = check(spec, image).constraints
-        a, b = spec.objects
-        if met[f"{a.phrase} present"] and met[f"{b.phrase} present"] and met["exactly 2 objects"]:
+        (relation,) = [name for name in met if spec.relation in name]  # the rest: each object, and no other
+        if all(value for name, value in met.items() if name != relation):
             drawn.append(index)
-            related.append(met[f"{a.phrase} {spec.relation} {b.phrase}"])
+            related.append(met[relation])
     images, right = result["images"][drawn], torch.tensor(related)
     captions = [result["prompts"][i] for i in drawn]
     clip = ClipScore(NAME, str(CHECKPOINT))
