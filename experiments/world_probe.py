@@ -10,7 +10,8 @@ model draws each category.
                                       [--categories ...] [--seed 0] [--per-prompt] [--prompts "<prompt>" ...]
     python experiments/world_probe.py clip-edits [--weights DIR] [--split test]  # the CLIP on each kind of edit
     python experiments/world_probe.py clip-more --out DIR [--steps 3000]  # continue the shipped CLIP
-    python experiments/world_probe.py unet-more --out DIR [--steps 600] [--min-offset 10]  # continue the UNet
+    python experiments/world_probe.py unet-more --out DIR [--steps 600] [--min-offset 10] [--weights START]
+                                      [--caption-noise CATEGORY=RATE ...]  # continue a UNet
     python experiments/world_probe.py relations [--weights DIR] [--split test]  # relations drawn and rewarded
     python experiments/world_probe.py fusion-gap --out RUN_DIR             # a method=dfusion run's targets (gate 4)
 
@@ -101,28 +102,25 @@ def speed() -> None:
 def clean(out: Path, steps: int) -> None:
     from alignlab.world.t2i_training import T2I, train_t2i
 
-    stage, config, _ = T2I[0]
-    weights = train_t2i(out, ((stage, replace(config, steps=steps), {}),))
+    weights = train_t2i(out, (replace(T2I[0], loop=replace(T2I[0].loop, steps=steps)),))
     shutil.copytree(weights, out / f"weights_clean_{steps}", dirs_exist_ok=True)
     print(f"wrote {out / f'weights_clean_{steps}'}")
 
 
-# unet-more's batch mix: position captions at 0.4 instead of pre-training's 0.25, the category it probes.
-POSITION_HEAVY = {"single_object": 0.15, "two_objects": 0.1, "counting": 0.15, "colour_attr": 0.2, "position": 0.4}
-
-
-def unet_more(out: Path, steps: int, min_offset: int) -> None:
-    """Continue the shipped UNet for `steps` on clean captions whose position renders hold the relation by at
-    least `min_offset` px (render.MIN_OFFSET, 4 in the build): does the UNet follow relations it sees plainly?
+def unet_more(out: Path, steps: int, min_offset: int, start: str | None, caption_noise: dict[str, float]) -> None:
+    """Continue the UNet of `start` (default: the shipped one) for `steps` on captions whose position renders
+    hold the relation by at least `min_offset` px (render.MIN_OFFSET = 4 in the first phase): clean captions ask
+    whether the UNet follows relations it sees plainly; `caption_noise` (category -> rate) makes a capable
+    model sample the wrong composition at known rates, as pre-training's second phase does.
     model.weights=DIR/weights runs a job on the result."""
-    from alignlab.world import render
     from alignlab.world.model import WEIGHTS
     from alignlab.world.pretraining import LoopConfig
-    from alignlab.world.t2i_training import train_t2i
+    from alignlab.world.t2i_training import POSITION_HEAVY, Phase, train_t2i
 
-    render.MIN_OFFSET = min_offset
     config = LoopConfig(steps=steps, lr=3e-4, warmup=50, ema_decay=0.995, batch_size=64)
-    print(f"wrote {train_t2i(out, (('ft_wide', config, {}),), start=WEIGHTS, category_weights=POSITION_HEAVY)}")
+    phase = Phase("ft_noisy" if caption_noise else "ft_wide", config, caption_noise, POSITION_HEAVY, min_offset)
+    weights = train_t2i(out, (phase,), start=Path(start) if start else WEIGHTS)
+    print(f"wrote {weights}")
 
 
 def clip_more(out: Path, steps: int) -> None:
@@ -287,6 +285,8 @@ def main() -> None:
     parser.add_argument("--prompts", nargs="+", default=None,
                         help="the accuracy probe measures these world prompts (one quoted argument each) instead")
     parser.add_argument("--min-offset", type=int, default=10, help="unet-more's least relation offset in px")
+    parser.add_argument("--caption-noise", nargs="+", default=[], metavar="CATEGORY=RATE",
+                        help="unet-more's caption noise per category (default: clean captions)")
     args = parser.parse_args()
     if args.probe == "separation":
         separation(args.weights)
@@ -301,7 +301,8 @@ def main() -> None:
     elif args.probe == "clip-more":
         clip_more(args.out, args.steps or 3000)
     elif args.probe == "unet-more":
-        unet_more(args.out, args.steps or 600, args.min_offset)
+        noise = {category: float(rate) for category, rate in (item.split("=") for item in args.caption_noise)}
+        unet_more(args.out, args.steps or 600, args.min_offset, args.weights, noise)
     elif args.probe == "relations":
         relations(args.weights, args.split, args.seed)
     elif args.probe == "fusion-gap":

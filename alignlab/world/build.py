@@ -14,7 +14,7 @@ from pathlib import Path
 
 from alignlab.world.clip import train_clip
 from alignlab.world.model import WEIGHTS
-from alignlab.world.t2i_training import train_t2i
+from alignlab.world.t2i_training import train_world_t2i
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,12 +25,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     out = Path(args.out)
     clip_file = train_clip(out)
-    weights = train_t2i(out)
+    weights = train_world_t2i(out)
+    shutil.copy2(clip_file, weights / clip_file.name)  # one directory holds the whole world, as the shipped one
     if args.install:
         WEIGHTS.mkdir(exist_ok=True)
-        for file in (clip_file, *(weights / name for name in ("unet.safetensors", "text_encoder.safetensors",
-                                                               "unet.json"))):
-            shutil.copy2(file, WEIGHTS / file.name)
+        for name in ("unet.safetensors", "text_encoder.safetensors", "unet.json", clip_file.name):
+            shutil.copy2(weights / name, WEIGHTS / name)
         print(f"installed the world weights in {WEIGHTS}")
     if not args.skip_report:
         from alignlab.world.report import main as report

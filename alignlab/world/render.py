@@ -2,7 +2,8 @@
 
 Layouts are random but always legal for the grammar: objects never touch (at least GAP background
 pixels between bounding boxes, so they are separate connected components), may touch the image
-border, and a position prompt's relation holds by at least MIN_OFFSET pixels between centroids.
+border, and a position prompt's relation holds by at least `min_offset` pixels between box centres
+(MIN_OFFSET unless a caller asks for plainer relations, as the UNet's later pre-training does).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def shape_mask(shape: str, side: int) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def _layout(spec: Spec, rng: np.random.Generator, size: int) -> list[tuple[int, int, int]] | None:
+def _layout(spec: Spec, rng: np.random.Generator, size: int, min_offset: int) -> list[tuple[int, int, int]] | None:
     """(x, y, side) of each object, or None when random placement failed (the caller retries)."""
     low, high = SIDE_RANGE[len(spec.objects)]
     boxes: list[tuple[int, int, int]] = []
@@ -50,14 +51,14 @@ def _layout(spec: Spec, rng: np.random.Generator, size: int) -> list[tuple[int, 
         axis, sign = RELATIONS[spec.relation]
         (ax, ay, a_side), (bx, by, b_side) = boxes
         offset = (ax + a_side / 2 - bx - b_side / 2, ay + a_side / 2 - by - b_side / 2)[axis]
-        if offset * sign < MIN_OFFSET:
+        if offset * sign < min_offset:
             return None
     return boxes
 
 
-def render(spec: Spec, rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
+def render(spec: Spec, rng: np.random.Generator, size: int = SIZE, min_offset: int = MIN_OFFSET) -> np.ndarray:
     """One (size, size, 3) uint8 image of `spec`. Objects without a colour get a random one."""
-    while (boxes := _layout(spec, rng, size)) is None:
+    while (boxes := _layout(spec, rng, size, min_offset)) is None:
         pass
     image = np.empty((size, size, 3), dtype=np.uint8)
     image[:] = BACKGROUND
@@ -67,7 +68,8 @@ def render(spec: Spec, rng: np.random.Generator, size: int = SIZE) -> np.ndarray
     return image
 
 
-def render_batch(specs: list[Spec], rng: np.random.Generator, size: int = SIZE) -> torch.Tensor:
+def render_batch(specs: list[Spec], rng: np.random.Generator, size: int = SIZE,
+                 min_offset: int = MIN_OFFSET) -> torch.Tensor:
     """(B, 3, size, size) float images in [0, 1], the format models decode to and rewards read."""
-    images = np.stack([render(spec, rng, size) for spec in specs])
+    images = np.stack([render(spec, rng, size, min_offset) for spec in specs])
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255

@@ -27,6 +27,7 @@ from alignlab.world.contrasts import KINDS, clip_text_cosine, minimal_pairs, seq
 from alignlab.world.grammar import CATEGORIES, all_specs, evenly_spread, spec_of  # noqa: E402
 from alignlab.world.oracle import OracleReward  # noqa: E402
 from alignlab.world.render import render_batch  # noqa: E402
+from alignlab.world.t2i_training import T2I, T2I_RELATIONS  # noqa: E402
 
 NEGATIVES = 4  # attribute-swapped captions per image in the retrieval test
 
@@ -87,17 +88,29 @@ def encoder_separation(model, clip_reward=None) -> dict[str, dict[str, float]]:
     return out
 
 
+def unet_loss_logs(build_dir: Path) -> list[Path]:
+    """Every UNet phase's loss log in training order, where `train_world_t2i` writes them."""
+    return ([build_dir / f"{phase.stage}_loss.jsonl" for phase in T2I]
+            + [build_dir / phase.stage / f"{phase.stage}_loss.jsonl" for phase in T2I_RELATIONS])
+
+
 def plot_losses(build_dir: Path, path: Path) -> None:
+    """The UNet's phases one after another (steps counted across them), and the CLIP's first phase."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for ax, stage in zip(axes, ("t2i", "clip"), strict=True):
-        log = build_dir / f"{stage}_loss.jsonl"
-        if log.is_file():
+    panels = {"t2i": unet_loss_logs(build_dir), "clip": [build_dir / "clip_loss.jsonl"]}
+    for ax, (name, logs) in zip(axes, panels.items(), strict=True):
+        offset, found = 0, [log for log in logs if log.is_file()]
+        for log in found:
             rows = [json.loads(line) for line in log.read_text().splitlines()]
-            ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=0.8)
-        ax.set_title(f"world {stage} pre-training loss")
+            ax.plot([offset + r["step"] for r in rows], [r["loss"] for r in rows], lw=0.8,
+                    label=log.name.removesuffix("_loss.jsonl"))
+            offset += rows[-1]["step"] if rows else 0
+        ax.set_title(f"world {name} pre-training loss")
         ax.set_xlabel("step")
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
+        if len(found) > 1:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

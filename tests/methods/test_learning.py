@@ -94,3 +94,17 @@ def test_world_clip_at_equal_image_budget(tmp_path, method, overrides, gain):
           f"oracle score {base['oracle_score']:.3f} -> {rows[-1]['eval/oracle_score']:.3f}")
     assert images == WORLD_ROUNDS * 64
     assert end > start + gain
+
+
+@pytest.mark.slow
+def test_default_world_job_raises_strict_oracle_accuracy(tmp_path):
+    """World v2.1's learning gate on one seed: the default job (`python -m alignlab.run method=ddpo`, seed 0, its
+    evaluation curve as by default; ~8 min on 2 cores), final vs pre-trained weights on the same fixed noise, 32
+    images per train prompt: strict oracle accuracy up by at least 0.10 (measured +0.148 with 1 thread, +0.13 to
+    +0.22 over seeds 0-2: docs/world.md, "World v2.1")."""
+    train(compose_config(tmp_path, ["method=ddpo", "logger=none", "eval.every=5", "sampler.progress=false",
+                                    "trainer.enable_progress_bar=false"]))
+    final, base = (evaluate_run(tmp_path, split="train", samples_per_prompt=32, batch_size=64, base=pretrained,
+                                name=f"x32_train{'_base' if pretrained else ''}") for pretrained in (False, True))
+    print(f"strict oracle accuracy, train prompts: {base['oracle_accuracy']:.3f} -> {final['oracle_accuracy']:.3f}")
+    assert final["oracle_accuracy"] - base["oracle_accuracy"] >= 0.10

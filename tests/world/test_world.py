@@ -20,7 +20,7 @@ from alignlab.world.latent import HaarAutoencoder
 from alignlab.world.model import build_world
 from alignlab.world.oracle import OracleReward, check
 from alignlab.world.render import render_batch
-from alignlab.world.t2i_training import T2I, train_t2i
+from alignlab.world.t2i_training import T2I, T2I_RELATIONS, Phase, train_t2i, train_world_t2i
 from alignlab.world.text_training import TEXT
 from tests.hydra_app import compose_config
 
@@ -97,25 +97,27 @@ def test_hard_negatives_are_other_grammatical_prompts():
 
 
 def test_pretraining_resumes_exactly(tmp_path, monkeypatch):
-    """Both phases of the real pre-training code, interrupted in the second phase and resumed, give
+    """Every phase of the real pre-training recipe (both stages), interrupted in the last phase and resumed, gives
     bit-identical weights to an uninterrupted run."""
-    phases = tuple((stage, replace(config, steps=3, batch_size=4, warmup=1, save_every=2), noise)
-                   for stage, config, noise in T2I)
-    text = replace(TEXT, steps=2, batch_size=4, warmup=1)
-    straight = load_file(train_t2i(tmp_path / "a", phases, text) / "unet.safetensors")
+    def tiny(phases):
+        return tuple(replace(phase, loop=replace(phase.loop, steps=3, batch_size=4, warmup=1, save_every=2))
+                     for phase in phases)
+
+    recipe = dict(first=tiny(T2I), then=tiny(T2I_RELATIONS), text=replace(TEXT, steps=2, batch_size=4, warmup=1))
+    straight = load_file(train_world_t2i(tmp_path / "a", **recipe) / "unet.safetensors")
 
     real = pretraining.step_generators
 
     def interrupt(seed, stage, step):
-        if (stage, step) == (phases[1][0], 2):
+        if (stage, step) == (T2I_RELATIONS[-1].stage, 2):
             raise KeyboardInterrupt
         return real(seed, stage, step)
 
     monkeypatch.setattr(pretraining, "step_generators", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        train_t2i(tmp_path / "b", phases, text)
+        train_world_t2i(tmp_path / "b", **recipe)
     monkeypatch.setattr(pretraining, "step_generators", real)
-    resumed_dir = train_t2i(tmp_path / "b", phases, text)
+    resumed_dir = train_world_t2i(tmp_path / "b", **recipe)
     resumed = load_file(resumed_dir / "unet.safetensors")
     assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
     model = build_world(str(resumed_dir))  # the smoke run's weights load through the shipped path
@@ -134,8 +136,8 @@ def test_shipped_model_is_deterministic(world):
     again = evaluate_prompts(world, sampler, OracleReward(), prompts, samples_per_prompt=2, seed=3)
     assert torch.equal(first["images"], again["images"])
     # golden values of the shipped weights (change only with new weights, by `make world`)
-    assert first["images"].mean().item() == pytest.approx(0.965972, abs=1e-4)
-    assert first["rewards"] == [0.0, 1.0, 0.5, 0.0]  # oracle: one circle right; 2 of 4 constraints; none
+    assert first["images"].mean().item() == pytest.approx(0.971911, abs=1e-4)
+    assert first["rewards"] == [0.0, 0.5, 0.25, 0.25]  # oracle at 4 steps: 0, 1 of 2, 1 of 4 constraints twice
 
 
 def test_shipped_model_passes_the_single_object_gate(world):
@@ -200,40 +202,46 @@ def test_world_unet_training_continues_from_the_shipped_weights(tmp_path):
     from alignlab.world.model import WEIGHTS
 
     still = pretraining.LoopConfig(steps=1, lr=0.0, warmup=1, ema_decay=0.995, batch_size=4)
-    path = train_t2i(tmp_path / "still", (("more", still, {}),), start=WEIGHTS)
+    path = train_t2i(tmp_path / "still", (Phase("more", still),), start=WEIGHTS)
     for name in ("unet", "text_encoder"):
         shipped, continued = load_file(WEIGHTS / f"{name}.safetensors"), load_file(path / f"{name}.safetensors")
         assert shipped.keys() == continued.keys() and all(torch.equal(shipped[k], continued[k]) for k in shipped)
     only_position = {category: float(category == "position") for category in pretraining.CATEGORY_WEIGHTS}
-    moved = train_t2i(tmp_path / "moved", (("more", replace(still, steps=2, lr=1e-3), {}),), start=WEIGHTS,
-                      category_weights=only_position)
+    moved = train_t2i(tmp_path / "moved", (Phase("more", replace(still, steps=2, lr=1e-3), {}, only_position),),
+                      start=WEIGHTS)
     shipped, trained = load_file(WEIGHTS / "unet.safetensors"), load_file(moved / "unet.safetensors")
     assert any(not torch.equal(shipped[k], trained[k]) for k in shipped)
 
 
 def test_make_world_builds_installs_and_a_rerun_skips_finished_stages(tmp_path, monkeypatch):
     """`python -m alignlab.world.build --install` (= make world) at a tiny size: the CLIP and the text-to-image
-    stages write their weights, --install copies exactly those four files into the package's weights folder, and
-    a rerun finds every stage finished: no step trained again, the same bytes everywhere."""
+    stages write their weights, the last stage's directory holds the whole world (its UNet, text encoder and the
+    CLIP), --install copies exactly those four files into the package's weights folder, and a rerun finds every
+    stage finished: no step trained again, the same bytes everywhere."""
     from functools import partial
 
     import alignlab.world.build as build
+    from alignlab.world.report import unet_loss_logs
     from alignlab.world.clip import CLIP_PHASES, train_clip
 
     tiny = dict(batch_size=4, warmup=1, save_every=1)
     clip_phases = tuple((stage, replace(config, steps=2, **tiny)) for stage, config in CLIP_PHASES)
     monkeypatch.setattr(build, "train_clip", partial(train_clip, phases=clip_phases))
-    phases = tuple((stage, replace(config, steps=2, **tiny), noise) for stage, config, noise in T2I)
-    monkeypatch.setattr(build, "train_t2i", partial(train_t2i, phases=phases, text=replace(TEXT, steps=2, **tiny)))
+    first, then = (tuple(replace(phase, loop=replace(phase.loop, steps=2, **tiny)) for phase in phases)
+                   for phases in (T2I, T2I_RELATIONS))
+    monkeypatch.setattr(build, "train_world_t2i", partial(train_world_t2i, first=first, then=then,
+                                                          text=replace(TEXT, steps=2, **tiny)))
     monkeypatch.setattr(build, "WEIGHTS", tmp_path / "installed")
     out = tmp_path / "build"
     build.main(["--out", str(out), "--install", "--skip-report"])
     installed = {p.name: p.read_bytes() for p in (tmp_path / "installed").iterdir()}
     assert sorted(installed) == ["text_encoder.safetensors", "unet.json", "unet.safetensors", "world_clip.safetensors"]
-    built = {p.name: p.read_bytes() for p in out.rglob("*") if p.name in installed}
+    built = {p.name: p.read_bytes() for p in (out / T2I_RELATIONS[-1].stage / "weights").iterdir()}
     assert built == installed
+    assert built["world_clip.safetensors"] == (out / "weights" / "world_clip.safetensors").read_bytes()
     files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    assert {p.name for p in files} >= {"clip_loss.jsonl", "t2i_loss.jsonl", "text_loss.jsonl"}
+    assert {p.name for p in files} >= {"clip_loss.jsonl", "text_loss.jsonl"}
+    assert all(log.is_file() for log in unet_loss_logs(out))  # the report plots every UNet phase from there
     monkeypatch.setattr(pretraining, "step_generators", lambda *args: pytest.fail("a finished stage trained again"))
     build.main(["--out", str(out), "--skip-report"])
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
