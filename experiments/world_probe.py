@@ -109,16 +109,16 @@ def clean(out: Path, steps: int) -> None:
 
 def unet_more(out: Path, steps: int, min_offset: int, start: str | None, caption_noise: dict[str, float]) -> None:
     """Continue the UNet of `start` (default: the shipped one) for `steps` on captions whose position renders
-    hold the relation by at least `min_offset` px (render.MIN_OFFSET = 4 in the first phase): clean captions ask
+    hold the relation by at least `min_offset` px (render.MIN_OFFSET = 4 in the first stage): clean captions ask
     whether the UNet follows relations it sees plainly; `caption_noise` (category -> rate) makes a capable
     model sample the wrong composition at known rates, as pre-training's second phase does.
     model.weights=DIR/weights runs a job on the result."""
     from alignlab.world.model import WEIGHTS
-    from alignlab.world.pretraining import LoopConfig
-    from alignlab.world.t2i_training import POSITION_HEAVY, Phase, train_t2i
+    from alignlab.world.t2i_training import T2I_RELATIONS, train_t2i
 
-    config = LoopConfig(steps=steps, lr=3e-4, warmup=50, ema_decay=0.995, batch_size=64)
-    phase = Phase("ft_noisy" if caption_noise else "ft_wide", config, caption_noise, POSITION_HEAVY, min_offset)
+    wide, noisy = T2I_RELATIONS  # the build's later stages, at this probe's steps, noise and offset
+    like = noisy if caption_noise else wide
+    phase = replace(like, loop=replace(like.loop, steps=steps), caption_noise=caption_noise, min_offset=min_offset)
     weights = train_t2i(out, (phase,), start=Path(start) if start else WEIGHTS)
     print(f"wrote {weights}")
 

@@ -12,7 +12,7 @@ dropped 10% of the time so classifier-free guidance works, as in SD.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -59,11 +59,10 @@ POSITION_HEAVY = {"single_object": 0.15, "two_objects": 0.1, "counting": 0.15, "
 RELATIONS_CAPTION_NOISE = {"two_objects": 0.15, "colour_attr": 0.2, "position": 0.1, "counting": 0.3}
 # Later stages, each from the previous one's saved weights: first clean captions with every relation render at
 # least 10 px apart (4 before), plain in every image, until the UNet follows relations; then caption noise again.
+FINE_TUNE = LoopConfig(steps=1800, lr=3e-4, warmup=50, ema_decay=0.995, batch_size=64)
 T2I_RELATIONS = (
-    Phase("ft_wide", LoopConfig(steps=1800, lr=3e-4, warmup=50, ema_decay=0.995, batch_size=64), {}, POSITION_HEAVY,
-          min_offset=10),
-    Phase("ft_noisy", LoopConfig(steps=400, lr=3e-4, warmup=50, ema_decay=0.995, batch_size=64),
-          RELATIONS_CAPTION_NOISE, POSITION_HEAVY, min_offset=10),
+    Phase("ft_wide", FINE_TUNE, {}, POSITION_HEAVY, min_offset=10),
+    Phase("ft_noisy", replace(FINE_TUNE, steps=400), RELATIONS_CAPTION_NOISE, POSITION_HEAVY, min_offset=10),
 )
 
 
@@ -82,7 +81,7 @@ def train_t2i(out_dir: Path, phases: tuple[Phase, ...] = T2I, text: LoopConfig =
               start: Path | None = None) -> Path:
     """Train (or resume) and write the EMA weights as fp16 safetensors to out_dir/weights; returns that dir.
     `start`: continue the UNet of these world weights with their text encoder (not retrained) instead of
-    training both from random weights (a probe of more UNet steps on other data)."""
+    training both from random weights (the later stages of `train_world_t2i`, and world_probe's unet-more)."""
     if start is None:
         unet, text_encoder = world_components(phases[0].loop.seed)
         model = assemble(unet, text_encoder)

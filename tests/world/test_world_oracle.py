@@ -132,14 +132,12 @@ def test_relation_at_the_minimum_offset():
     assert check(spec("a red triangle below a green circle"), draw(objects)).score == 0.75
 
 
-
 def box_centre_offset(spec: grammar.Spec, image: np.ndarray) -> float:
     """How far the first object's box centre lies in the relation's direction from the second's, in px."""
     axis, sign = grammar.RELATIONS[spec.relation]
-    first, second = (np.all(image == grammar.COLORS[obj.color], axis=-1) for obj in spec.objects)
-    centres = [np.mean([np.nonzero(mask)[1 - axis].min(), np.nonzero(mask)[1 - axis].max() + 1]) for mask in
-               (first, second)]
-    return (centres[0] - centres[1]) * sign
+    spans = [np.nonzero(np.all(image == grammar.COLORS[obj.color], axis=-1))[1 - axis] for obj in spec.objects]
+    first, second = ((span.min() + span.max() + 1) / 2 for span in spans)
+    return (first - second) * sign
 
 
 def test_renders_hold_the_relation_by_the_asked_offset():
@@ -150,6 +148,7 @@ def test_renders_hold_the_relation_by_the_asked_offset():
     wide = [box_centre_offset(s, render.render(s, rng, min_offset=10)) for s in specs]
     plain = [box_centre_offset(s, render.render(s, rng)) for s in specs]
     assert min(wide) >= 10 and render.MIN_OFFSET <= min(plain) < 10
+
 
 # --- robust to mild artefacts ---------------------------------------------------------------------
 
